@@ -1,0 +1,351 @@
+"""The operator's configuration: ``channels.yaml`` as typed, validated pydantic models.
+
+``load()`` returns a :class:`Config` or raises :class:`ConfigError` listing *every* problem with its
+location (``channels[2].mailboxes[0].host: Field required``). Secrets are never written inline: a
+password field holds an ``${ENV_VAR}`` reference that is resolved when a connection is made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` holds one ``location: message`` per fault."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+def parse_duration(value: object) -> timedelta:
+    """Accept ``90``, ``"15m"``, ``"2h"``, ``"14d"`` (seconds when a bare number)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        match = DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 2h, 14d)")
+
+
+Duration = Annotated[timedelta, Field(json_schema_extra={"format": "duration"})]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _env_reference(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not ENV_REF.match(value):
+        raise ValueError("must be an environment reference like ${IMAP_PASSWORD}, never the secret itself")
+    return value
+
+
+def _mail_addresses(value: list[str]) -> list[str]:
+    bad = [a for a in value if not ADDRESS.match(a)]
+    if bad:
+        raise ValueError(f"not a mail address: {', '.join(bad)}")
+    return [a.lower() for a in value]
+
+
+def resolve_secret(reference: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Resolve an ``${ENV}`` reference; raise ``KeyError`` naming the variable when it is unset."""
+    if reference is None:
+        return None
+    env = os.environ if environ is None else environ
+    match = ENV_REF.match(reference)
+    if not match:
+        raise ValueError(f"not an environment reference: {reference!r}")
+    name = match.group(1)
+    if name not in env:
+        raise KeyError(f"environment variable {name} is not set")
+    return env[name]
+
+
+class TlsMode(StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+
+
+class AfterImport(StrEnum):
+    MOVE = "move"
+    FLAG = "flag"
+    DELETE = "delete"
+    KEEP = "keep"
+
+
+class MailboxConfig(_Model):
+    """One mailbox the daemon reads: IMAP or POP3."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["imap", "pop3"]
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: TlsMode = TlsMode.IMPLICIT
+    verify_tls: bool = True
+    ca_file: str | None = None
+    user: str = Field(min_length=1)
+    password: str
+    folder: str = "INBOX"
+    after_import: AfterImport | None = None
+    move_to: str = "Processed"
+    flag: str = r"\Seen"
+    idle: bool = True
+    poll_interval: float = Field(default=60.0, gt=0)
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    timeout: float = Field(default=60.0, gt=0)
+
+    _check_password = field_validator("password")(_env_reference)
+
+    @model_validator(mode="after")
+    def _pop3_actions(self) -> MailboxConfig:
+        if self.kind == "pop3" and self.after_import in (AfterImport.MOVE, AfterImport.FLAG):
+            raise ValueError("POP3 has no folders or flags: after_import must be 'delete' or 'keep'")
+        return self
+
+    @property
+    def action(self) -> AfterImport:
+        """What to do at the source once a message is committed (IMAP: move, POP3: delete)."""
+        if self.after_import is not None:
+            return self.after_import
+        return AfterImport.MOVE if self.kind == "imap" else AfterImport.DELETE
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        implicit = self.tls is TlsMode.IMPLICIT
+        if self.kind == "imap":
+            return 993 if implicit else 143
+        return 995 if implicit else 110
+
+
+class RuleMatch(_Model):
+    """Conditions of a routing rule; all given conditions must hold."""
+
+    sender_domain: list[str] | None = None
+    sender: list[str] | None = None
+    subject: str | None = None
+    headers: dict[str, str] | None = None
+
+    @field_validator("subject")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_regexes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for pattern in (value or {}).values():
+            re.compile(pattern)
+        return value
+
+    @field_validator("sender_domain", "sender")
+    @classmethod
+    def _lower(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [v.strip().lower() for v in value]
+
+
+class RuleAction(_Model):
+    channel: str | None = None
+    priority: int | None = Field(default=None, ge=1, le=5)
+    category: str | None = None
+    type: str | None = None
+
+
+class RuleConfig(_Model):
+    name: str = Field(min_length=1)
+    match: RuleMatch
+    set: RuleAction
+
+
+class UnknownSenders(StrEnum):
+    CREATE = "create"
+    QUARANTINE = "quarantine"
+
+
+class ChannelConfig(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    prefix: str = Field(pattern=r"^[A-Z][A-Z0-9]{0,9}$")
+    addresses: list[str] = Field(min_length=1)
+    mailboxes: list[MailboxConfig] = Field(default_factory=list)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    unknown_senders: UnknownSenders = UnknownSenders.CREATE
+    default_priority: int = Field(default=3, ge=1, le=5)
+    reopen_window: Duration = timedelta(days=14)
+
+    _duration = field_validator("reopen_window", mode="before")(parse_duration)
+
+    _check_addresses = field_validator("addresses")(_mail_addresses)
+
+
+class OrganisationConfig(_Model):
+    name: str = Field(min_length=1)
+    domains: list[str] = Field(default_factory=list)
+    contacts: list[ContactConfig] = Field(default_factory=list)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [d.strip().lower() for d in value]
+
+
+class ContactConfig(_Model):
+    name: str = ""
+    addresses: list[str] = Field(min_length=1)
+
+    _check_addresses = field_validator("addresses")(_mail_addresses)
+
+
+class ListenerConfig(_Model):
+    """The LMTP (or SMTP) listener an MTA delivers into."""
+
+    enabled: bool = True
+    protocol: Literal["lmtp", "smtp"] = "lmtp"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8024, ge=0, le=65535)
+    max_message_size: int = Field(default=50 * 1024 * 1024, ge=1024)
+
+
+class Config(_Model):
+    database_url: str = "sqlite:///helpdesk.db"
+    own_addresses: list[str] = Field(default_factory=list)
+    listener: ListenerConfig = Field(default_factory=ListenerConfig)
+    default_channel: str | None = None
+    channels: list[ChannelConfig] = Field(min_length=1)
+    organisations: list[OrganisationConfig] = Field(default_factory=list)
+
+    @field_validator("own_addresses")
+    @classmethod
+    def _own(cls, value: list[str]) -> list[str]:
+        return [a.lower() for a in value]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems: list[str] = []
+        names = [c.name for c in self.channels]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"channel name {dup!r} is used more than once")
+        prefixes = [c.prefix for c in self.channels]
+        for dup in sorted({p for p in prefixes if prefixes.count(p) > 1}):
+            problems.append(f"ticket prefix {dup!r} is used by more than one channel")
+        seen: dict[str, str] = {}
+        for channel in self.channels:
+            for address in channel.addresses:
+                if address in seen and seen[address] != channel.name:
+                    problems.append(f"address {address} belongs to both {seen[address]} and {channel.name}")
+                seen[address] = channel.name
+        boxes = [m.name for c in self.channels for m in c.mailboxes]
+        for dup in sorted({b for b in boxes if boxes.count(b) > 1}):
+            problems.append(f"mailbox name {dup!r} is used more than once")
+        for i, channel in enumerate(self.channels):
+            for j, rule in enumerate(channel.rules):
+                if rule.set.channel is not None and rule.set.channel not in names:
+                    problems.append(
+                        f"channels[{i}].rules[{j}].set.channel: unknown channel {rule.set.channel!r}"
+                    )
+        if self.default_channel is not None and self.default_channel not in names:
+            problems.append(f"default_channel: unknown channel {self.default_channel!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def channel(self, name: str) -> ChannelConfig:
+        for channel in self.channels:
+            if channel.name == name:
+                return channel
+        raise KeyError(name)
+
+    @property
+    def fallback_channel(self) -> ChannelConfig:
+        return self.channel(self.default_channel) if self.default_channel else self.channels[0]
+
+    def mailboxes(self) -> list[tuple[ChannelConfig, MailboxConfig]]:
+        return [(c, m) for c in self.channels for m in c.mailboxes]
+
+    def all_own_addresses(self) -> set[str]:
+        return set(self.own_addresses) | {a for c in self.channels for a in c.addresses}
+
+
+OrganisationConfig.model_rebuild()
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "constrained-")) or part in ("lax-or-strict", "json-or-python"):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def validate(data: Any, source: str = "<config>") -> Config:
+    """Validate already-loaded YAML data; raise :class:`ConfigError` with every located problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping with a 'channels' list"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{_location(tuple(err['loc']))}: {message}")
+        raise ConfigError(source, problems) from None
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate ``channels.yaml``; ``HELPDESK_DATABASE_URL`` overrides ``database_url``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"(file): cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(str(path), [f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    config = validate(data, str(path))
+    override = os.environ.get("HELPDESK_DATABASE_URL")
+    if override:
+        config = config.model_copy(update={"database_url": override})
+    return config
+
+
+def missing_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Located problems for secrets whose environment variable is not set."""
+    problems = []
+    for i, channel in enumerate(config.channels):
+        for j, box in enumerate(channel.mailboxes):
+            try:
+                resolve_secret(box.password, environ)
+            except KeyError as exc:
+                problems.append(f"channels[{i}].mailboxes[{j}].password: {exc.args[0]}")
+    return problems

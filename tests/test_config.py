@@ -1,0 +1,102 @@
+"""channels.yaml validation: every problem reported with its location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpdesk import cli
+from helpdesk.config import ConfigError, load, missing_secrets, parse_duration, validate
+from tests.conftest import base_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_channels_yaml_is_valid() -> None:
+    config = load(ROOT / "channels.yaml")
+    assert config.listener.enabled and config.listener.host == "127.0.0.1"
+    assert [c.prefix for c in config.channels] == ["SUP", "SAL"]
+
+
+def test_every_problem_is_reported_with_its_location(tmp_path: Path) -> None:
+    data = base_config()
+    data["channels"][0]["mailboxes"] = [
+        {"name": "a", "kind": "imap", "user": "u", "password": "${PW}"},  # host missing
+        {"name": "b", "kind": "pop3", "host": "h", "user": "u", "password": "plain-secret"},
+    ]
+    data["channels"][1]["prefix"] = "lower"
+    data["channels"].append({"name": "third", "prefix": "THD", "addresses": ["not-an-address"]})
+    with pytest.raises(ConfigError) as err:
+        validate(data, "channels.yaml")
+    problems = err.value.problems
+    assert "channels[0].mailboxes[0].host: Field required" in problems
+    assert any(p.startswith("channels[0].mailboxes[1].password: must be an environment reference") for p in problems)
+    assert any(p.startswith("channels[1].prefix:") for p in problems)
+    assert any(p.startswith("channels[2].addresses: not a mail address") for p in problems)
+    assert len(problems) == 4
+
+
+def test_cross_checks_name_the_conflict() -> None:
+    data = base_config()
+    data["channels"][1]["addresses"] = ["support@example.test"]
+    data["channels"][0]["rules"][0]["set"]["channel"] = "nowhere"
+    with pytest.raises(ConfigError) as err:
+        validate(data)
+    text = " ".join(err.value.problems)
+    assert "support@example.test belongs to both support and sales" in text
+    assert "channels[0].rules[0].set.channel: unknown channel 'nowhere'" in text
+
+
+def test_pop3_cannot_move_or_flag() -> None:
+    data = base_config()
+    data["channels"][0]["mailboxes"] = [
+        {"name": "p", "kind": "pop3", "host": "h", "user": "u", "password": "${PW}", "after_import": "move"}
+    ]
+    with pytest.raises(ConfigError, match=r"channels\[0\]\.mailboxes\[0\]: POP3 has no folders"):
+        validate(data)
+
+
+def test_defaults_per_kind() -> None:
+    data = base_config()
+    data["channels"][0]["mailboxes"] = [
+        {"name": "i", "kind": "imap", "host": "h", "user": "u", "password": "${PW}"},
+        {"name": "p", "kind": "pop3", "host": "h", "user": "u", "password": "${PW}", "tls": "none"},
+    ]
+    boxes = [m for _c, m in validate(data).mailboxes()]
+    assert (boxes[0].action, boxes[0].effective_port) == ("move", 993)
+    assert (boxes[1].action, boxes[1].effective_port) == ("delete", 110)
+
+
+def test_missing_secret_is_named() -> None:
+    data = base_config()
+    data["channels"][0]["mailboxes"] = [
+        {"name": "i", "kind": "imap", "host": "h", "user": "u", "password": "${NOPE_PW}"}
+    ]
+    assert missing_secrets(validate(data), {}) == [
+        "channels[0].mailboxes[0].password: environment variable NOPE_PW is not set"
+    ]
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("channels:\n  - name: x\n   prefix: [\n")
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert err.value.problems[0].startswith("line ")
+
+
+def test_durations() -> None:
+    assert parse_duration("14d").days == 14
+    assert parse_duration(90).total_seconds() == 90
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-config", str(ROOT / "channels.yaml")]) == 0
+    bad = tmp_path / "channels.yaml"
+    bad.write_text("channels:\n  - name: support\n    addresses: [support@example.test]\n")
+    assert cli.main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: channels[0].prefix: Field required" in err
