@@ -1,0 +1,261 @@
+"""Queries and writes on the tables. Every function takes a session and never commits."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from helpdesk.config import Config
+from helpdesk.store.models import (
+    AuditEvent,
+    Blob,
+    Channel,
+    Contact,
+    ContactAddress,
+    Direction,
+    Item,
+    Organisation,
+    OrganisationDomain,
+    RawMessage,
+    RawState,
+    Ticket,
+)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- configuration mirrored into the database -------------------------------------------------
+
+
+def sync_config(session: Session, config: Config, now: datetime) -> None:
+    """Create the channels and organisations (with domains and contacts) that ``config`` names."""
+    channels = {c.name: c for c in session.exec(select(Channel))}
+    for cfg in config.channels:
+        row = channels.get(cfg.name)
+        if row is None:
+            session.add(Channel(name=cfg.name, prefix=cfg.prefix))
+        elif row.prefix != cfg.prefix:
+            row.prefix = cfg.prefix
+    for org_cfg in config.organisations:
+        org = session.exec(select(Organisation).where(Organisation.name == org_cfg.name)).first()
+        if org is None:
+            org = Organisation(name=org_cfg.name, created_at=now)
+            session.add(org)
+            session.flush()
+        assert org.id is not None
+        for domain in org_cfg.domains:
+            link = session.get(OrganisationDomain, domain)
+            if link is None:
+                session.add(OrganisationDomain(domain=domain, organisation_id=org.id))
+            else:
+                link.organisation_id = org.id
+        for contact_cfg in org_cfg.contacts:
+            contact = contact_by_address(session, contact_cfg.addresses[0])
+            if contact is None:
+                contact = create_contact(session, contact_cfg.name, contact_cfg.addresses, org.id, now)
+            else:
+                contact.organisation_id = org.id
+                if contact_cfg.name:
+                    contact.name = contact_cfg.name
+    session.flush()
+
+
+def channel_ids(session: Session) -> dict[str, int]:
+    return {c.name: c.id for c in session.exec(select(Channel)) if c.id is not None}
+
+
+# --- raw messages ----------------------------------------------------------------------------
+
+
+def store_raw(
+    session: Session,
+    *,
+    source: str,
+    source_key: str,
+    data: bytes,
+    now: datetime,
+    envelope_from: str | None = None,
+    envelope_to: Sequence[str] = (),
+) -> tuple[RawMessage, bool]:
+    """Keep the original bytes. Idempotent on (source, source_key): returns (row, created)."""
+    existing = raw_by_source_key(session, source, source_key)
+    if existing is not None:
+        return existing, False
+    raw = RawMessage(
+        source=source,
+        source_key=source_key,
+        sha256=sha256_hex(data),
+        size=len(data),
+        data=data,
+        envelope_from=envelope_from,
+        envelope_to=",".join(envelope_to) or None,
+        received_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(raw)
+    except IntegrityError:
+        found = raw_by_source_key(session, source, source_key)
+        if found is None:
+            raise
+        return found, False
+    return raw, True
+
+
+def raw_by_source_key(session: Session, source: str, source_key: str) -> RawMessage | None:
+    stmt = select(RawMessage).where(RawMessage.source == source, RawMessage.source_key == source_key)
+    return session.exec(stmt).first()
+
+
+def known_source_keys(session: Session, source: str, keys: Iterable[str]) -> dict[str, RawState]:
+    """Which of ``keys`` are already stored for ``source``, with their state."""
+    wanted = list(keys)
+    found: dict[str, RawState] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        stmt = select(RawMessage.source_key, RawMessage.state).where(
+            RawMessage.source == source, col(RawMessage.source_key).in_(chunk)
+        )
+        for key, state in session.exec(stmt).all():
+            found[key] = RawState(state)
+    return found
+
+
+def earlier_copy(session: Session, raw: RawMessage, message_id: str | None) -> RawMessage | None:
+    """An already-processed inbound message with the same bytes or the same Message-ID."""
+    assert raw.id is not None
+    done = (RawMessage.state != RawState.PENDING, RawMessage.id != raw.id)
+    by_hash = select(RawMessage).where(RawMessage.sha256 == raw.sha256, *done).order_by(col(RawMessage.id))
+    found = session.exec(by_hash.limit(1)).first()
+    if found is None and message_id:
+        by_id = select(RawMessage).where(RawMessage.message_id == message_id, *done).order_by(col(RawMessage.id))
+        found = session.exec(by_id.limit(1)).first()
+    return found
+
+
+def pending_raw_ids(session: Session, limit: int = 1000) -> list[int]:
+    stmt = select(RawMessage.id).where(RawMessage.state == RawState.PENDING).order_by(col(RawMessage.id))
+    return [int(i) for i in session.exec(stmt.limit(limit)) if i is not None]
+
+
+# --- contacts and organisations ---------------------------------------------------------------
+
+
+def contact_by_address(session: Session, address: str) -> Contact | None:
+    link = session.get(ContactAddress, address.lower())
+    return None if link is None else session.get(Contact, link.contact_id)
+
+
+def organisation_for_domain(session: Session, domain: str) -> Organisation | None:
+    """The organisation owning ``domain`` or its closest parent domain (mail.acme.example -> acme.example)."""
+    parts = domain.lower().split(".")
+    for i in range(len(parts) - 1):
+        link = session.get(OrganisationDomain, ".".join(parts[i:]))
+        if link is not None:
+            return session.get(Organisation, link.organisation_id)
+    return None
+
+
+def create_contact(
+    session: Session, name: str, addresses: Sequence[str], organisation_id: int | None, now: datetime
+) -> Contact:
+    contact = Contact(name=name, organisation_id=organisation_id, created_at=now)
+    session.add(contact)
+    session.flush()
+    assert contact.id is not None
+    for address in addresses:
+        session.add(ContactAddress(address=address.lower(), contact_id=contact.id))
+    session.flush()
+    return contact
+
+
+def flag_bouncing(session: Session, address: str, reason: str | None, permanent: bool, now: datetime) -> bool:
+    """Record a delivery failure on a contact address; returns False when the address is unknown."""
+    link = session.get(ContactAddress, address.lower())
+    if link is None:
+        return False
+    link.bounce_count += 1
+    link.last_bounce_at = now
+    link.last_bounce_reason = (reason or "")[:500] or None
+    if permanent:
+        link.bouncing = True
+    return True
+
+
+# --- tickets and items ------------------------------------------------------------------------
+
+
+def next_ticket_number(session: Session, channel_id: int) -> int:
+    """Allocate the channel's next number; the row lock serialises concurrent daemons."""
+    stmt = (
+        update(Channel)
+        .where(col(Channel.id) == channel_id)
+        .values(last_number=col(Channel.last_number) + 1)
+        .returning(col(Channel.last_number))
+    )
+    return int(session.exec(stmt).scalar_one())
+
+
+def ticket_by_number(session: Session, number: str) -> Ticket | None:
+    return session.exec(select(Ticket).where(Ticket.number == number)).first()
+
+
+def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> tuple[Ticket, str] | None:
+    """The ticket holding the first of ``message_ids`` that we know, with that id."""
+    if not message_ids:
+        return None
+    stmt = select(Item.message_id, Item.ticket_id).where(col(Item.message_id).in_(message_ids))
+    hits = {mid: tid for mid, tid in session.exec(stmt).all()}
+    for mid in message_ids:
+        if mid in hits:
+            ticket = session.get(Ticket, hits[mid])
+            if ticket is not None:
+                return ticket, mid
+    return None
+
+
+def audit(
+    session: Session,
+    *,
+    ticket_id: int | None,
+    action: str,
+    actor: str,
+    now: datetime,
+    field: str | None = None,
+    old: object = None,
+    new: object = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            ticket_id=ticket_id,
+            action=action,
+            field=field,
+            old_value=None if old is None else str(old),
+            new_value=None if new is None else str(new),
+            actor=actor,
+            at=now,
+        )
+    )
+
+
+def store_blob(session: Session, data: bytes) -> str:
+    """Keep attachment content once per distinct SHA-256; returns the hash."""
+    digest = sha256_hex(data)
+    if session.get(Blob, digest) is None:
+        session.add(Blob(sha256=digest, size=len(data), data=data))
+        session.flush()
+    return digest
+
+
+def count_items(session: Session, ticket_id: int, direction: Direction | None = None) -> int:
+    stmt = select(func.count()).select_from(Item).where(Item.ticket_id == ticket_id)
+    if direction is not None:
+        stmt = stmt.where(Item.direction == direction)
+    return int(session.exec(stmt).one())
