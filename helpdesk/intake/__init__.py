@@ -1,0 +1,1 @@
+"""The intake pipeline: store raw, parse, classify, identify, route, thread, apply."""

@@ -1,0 +1,215 @@
+"""The writing half of the pipeline: carry out a :class:`Plan` inside the caller's transaction."""
+
+from __future__ import annotations
+
+from helpdesk.intake.steps import Action, Context, Plan
+from helpdesk.mail.parse import Address, ParsedMail
+from helpdesk.mail.quotes import Reply, split_reply, split_reply_html
+from helpdesk.store import queries
+from helpdesk.store.models import (
+    Attachment,
+    Direction,
+    Item,
+    ItemKind,
+    Outcome,
+    RawState,
+    Ticket,
+    Visibility,
+)
+
+SYSTEM_ACTOR = "system:intake"
+MAX_SUBJECT = 998
+
+_OUTCOMES = {
+    Action.NEW_TICKET: Outcome.TICKET,
+    Action.NEW_LINKED: Outcome.TICKET,
+    Action.FOLLOW_UP: Outcome.FOLLOW_UP,
+    Action.REOPEN: Outcome.FOLLOW_UP,
+    Action.AUTO_REPLY: Outcome.AUTO_REPLY,
+    Action.BOUNCE: Outcome.BOUNCE,
+    Action.DUPLICATE: Outcome.DUPLICATE,
+    Action.IGNORE: Outcome.IGNORED,
+    Action.QUARANTINE: Outcome.QUARANTINED,
+}
+
+
+def _addresses(addresses: tuple[Address, ...]) -> str | None:
+    return ", ".join(a.email for a in addresses if a.email) or None
+
+
+def customer_text(mail: ParsedMail) -> Reply:
+    """The sender's new text and the quoted history, from the plain part or else the HTML part."""
+    if mail.text.strip():
+        return split_reply(mail.text)
+    if mail.html.strip():
+        return split_reply_html(mail.html)
+    return Reply(text="", quoted="")
+
+
+def _add_item(
+    ctx: Context,
+    plan: Plan,
+    ticket: Ticket,
+    *,
+    kind: ItemKind = ItemKind.MESSAGE,
+    visibility: Visibility = Visibility.CUSTOMER,
+) -> Item:
+    mail = plan.parsed
+    reply = customer_text(mail)
+    assert ticket.id is not None
+    item = Item(
+        ticket_id=ticket.id,
+        direction=Direction.INBOUND,
+        kind=kind,
+        visibility=visibility,
+        message_id=mail.message_id,
+        in_reply_to=mail.in_reply_to[0] if mail.in_reply_to else None,
+        from_address=plan.sender or None,
+        from_name=plan.sender_name or None,
+        to_addresses=_addresses(mail.to),
+        cc_addresses=_addresses(mail.cc),
+        subject=mail.subject[:MAX_SUBJECT],
+        body_text=reply.text,
+        body_quoted=reply.quoted,
+        body_html=mail.html or None,
+        raw_message_id=plan.raw.id,
+        created_at=ctx.now,
+    )
+    ctx.session.add(item)
+    ctx.session.flush()
+    assert item.id is not None
+    for part in mail.attachments:
+        digest = queries.store_blob(ctx.session, part.payload)
+        ctx.session.add(
+            Attachment(
+                item_id=item.id,
+                blob_sha256=digest,
+                filename=part.filename,
+                content_type=part.content_type,
+                content_id=part.content_id,
+                disposition=part.disposition,
+                size=len(part.payload),
+            )
+        )
+    ticket.updated_at = ctx.now
+    return item
+
+
+def _ensure_contact(ctx: Context, plan: Plan) -> None:
+    if plan.contact_id is not None:
+        return
+    contact = queries.create_contact(
+        ctx.session, plan.sender_name, [plan.sender], plan.organisation_id, ctx.now
+    )
+    plan.contact_id = contact.id
+    queries.audit(
+        ctx.session, ticket_id=None, action="contact_created", actor=SYSTEM_ACTOR, now=ctx.now,
+        field="contact", new=f"#{contact.id} {plan.sender}",
+    )
+
+
+def _open_ticket(ctx: Context, plan: Plan) -> Ticket:
+    assert plan.channel is not None
+    _ensure_contact(ctx, plan)
+    channel_id = ctx.channel_ids[plan.channel.name]
+    number = queries.next_ticket_number(ctx.session, channel_id)
+    linked = plan.ticket if plan.action is Action.NEW_LINKED else None
+    ticket = Ticket(
+        number=f"{plan.channel.prefix}-{number}",
+        channel_id=channel_id,
+        subject=plan.parsed.subject[:MAX_SUBJECT],
+        status="new",
+        priority=plan.priority,
+        category=plan.category,
+        type=plan.type,
+        contact_id=plan.contact_id,
+        organisation_id=plan.organisation_id,
+        linked_ticket_id=linked.id if linked else None,
+        created_at=ctx.now,
+        updated_at=ctx.now,
+    )
+    ctx.session.add(ticket)
+    ctx.session.flush()
+    queries.audit(
+        ctx.session, ticket_id=ticket.id, action="created", actor=f"customer:{plan.sender}", now=ctx.now,
+        field="status", new="new",
+    )
+    if plan.rule:
+        queries.audit(
+            ctx.session, ticket_id=ticket.id, action="routed", actor=SYSTEM_ACTOR, now=ctx.now,
+            field="rule", new=plan.rule,
+        )
+    if linked is not None:
+        queries.audit(
+            ctx.session, ticket_id=ticket.id, action="linked", actor=SYSTEM_ACTOR, now=ctx.now,
+            field="linked_ticket", new=linked.number,
+        )
+    return ticket
+
+
+def set_status(ctx: Context, ticket: Ticket, status: str, actor: str) -> None:
+    if ticket.status == status:
+        return
+    queries.audit(
+        ctx.session, ticket_id=ticket.id, action="status_changed", actor=actor, now=ctx.now,
+        field="status", old=ticket.status, new=status,
+    )
+    ticket.status = status
+    ticket.updated_at = ctx.now
+
+
+def _bounce(ctx: Context, plan: Plan) -> None:
+    assert plan.classification is not None and plan.classification.bounce is not None
+    bounce = plan.classification.bounce
+    for address in bounce.recipients:
+        if queries.flag_bouncing(ctx.session, address, bounce.diagnostic, bounce.permanent, ctx.now):
+            plan.notes.append(f"flagged contact address {address} as bouncing")
+    if plan.ticket is not None:
+        _add_item(ctx, plan, plan.ticket, kind=ItemKind.BOUNCE, visibility=Visibility.INTERNAL)
+        queries.audit(
+            ctx.session, ticket_id=plan.ticket.id, action="bounce", actor=SYSTEM_ACTOR, now=ctx.now,
+            field="recipient", new=", ".join(bounce.recipients) or None,
+        )
+
+
+def apply_plan(ctx: Context, plan: Plan) -> Outcome:
+    """Write what the plan says; mark the raw message processed (or quarantined)."""
+    assert plan.action is not None
+    raw = plan.raw
+    ticket = plan.ticket
+    actor = f"customer:{plan.sender}"
+    match plan.action:
+        case Action.NEW_TICKET | Action.NEW_LINKED:
+            ticket = _open_ticket(ctx, plan)
+            _add_item(ctx, plan, ticket)
+        case Action.FOLLOW_UP:
+            assert ticket is not None
+            _add_item(ctx, plan, ticket)
+            if ticket.status == "pending":
+                set_status(ctx, ticket, "open", actor)
+        case Action.REOPEN:
+            assert ticket is not None
+            _add_item(ctx, plan, ticket)
+            set_status(ctx, ticket, "open", actor)
+        case Action.AUTO_REPLY:
+            if ticket is not None:
+                _add_item(ctx, plan, ticket, kind=ItemKind.AUTO_REPLY, visibility=Visibility.INTERNAL)
+        case Action.BOUNCE:
+            _bounce(ctx, plan)
+        case Action.DUPLICATE | Action.IGNORE | Action.QUARANTINE:
+            pass
+    outcome = _OUTCOMES[plan.action]
+    raw.message_id = plan.mail.message_id if plan.mail else None
+    raw.outcome = outcome
+    raw.ticket_id = ticket.id if ticket is not None else None
+    raw.duplicate_of = plan.duplicate_of
+    raw.processed_at = ctx.now
+    raw.detail = "; ".join([plan.reason, *plan.notes])[:4000]
+    if plan.action is Action.QUARANTINE:
+        raw.state = RawState.QUARANTINED
+        raw.error = plan.reason
+    else:
+        raw.state = RawState.PROCESSED
+        raw.error = None
+    ctx.session.add(raw)
+    return outcome

@@ -1,0 +1,291 @@
+"""The read-only half of the pipeline: from raw bytes to a :class:`Plan` of what to do.
+
+The steps run in the order of :data:`STEPS`; each looks at the plan so far and either adds to it or
+settles it (returns True). Nothing here writes, so ``helpdesk route test`` runs exactly these steps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from sqlmodel import Session
+
+from helpdesk.config import ChannelConfig, Config, RuleConfig, UnknownSenders
+from helpdesk.mail.classify import Classification, Kind, classify
+from helpdesk.mail.parse import ParsedMail, parse_message
+from helpdesk.mail.threading import candidate_recipients, reference_chain, tagged_numbers
+from helpdesk.store import queries
+from helpdesk.store.models import RawMessage, Ticket
+
+CLOSED_STATUSES = frozenset({"solved", "closed"})
+
+
+class Action(StrEnum):
+    NEW_TICKET = "new_ticket"
+    FOLLOW_UP = "follow_up"
+    REOPEN = "reopen"
+    NEW_LINKED = "new_linked_ticket"
+    AUTO_REPLY = "auto_reply"
+    BOUNCE = "bounce"
+    DUPLICATE = "duplicate"
+    IGNORE = "ignore"
+    QUARANTINE = "quarantine"
+
+
+@dataclass
+class Context:
+    """What the steps may read: the session, configuration, clock value and source of the mail."""
+
+    session: Session
+    config: Config
+    now: datetime
+    channel_ids: dict[str, int]
+    mailbox_channel: str | None = None
+
+    def channel_of(self, ticket: Ticket) -> ChannelConfig:
+        """The configured channel a stored ticket belongs to (the default one if it was removed)."""
+        for name, channel_id in self.channel_ids.items():
+            if channel_id == ticket.channel_id:
+                try:
+                    return self.config.channel(name)
+                except KeyError:
+                    break
+        return self.config.fallback_channel
+
+
+@dataclass
+class Plan:
+    raw: RawMessage
+    mail: ParsedMail | None = None
+    classification: Classification | None = None
+    sender: str = ""
+    sender_name: str = ""
+    contact_id: int | None = None
+    organisation_id: int | None = None
+    channel: ChannelConfig | None = None
+    channel_reason: str = ""
+    rule: str | None = None
+    priority: int = 3
+    category: str | None = None
+    type: str | None = None
+    ticket: Ticket | None = None
+    thread_reason: str | None = None
+    action: Action | None = None
+    reason: str = ""
+    duplicate_of: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def settle(self, action: Action, reason: str) -> bool:
+        self.action = action
+        self.reason = reason
+        return True
+
+    @property
+    def parsed(self) -> ParsedMail:
+        if self.mail is None:
+            raise RuntimeError("mail not parsed yet")
+        return self.mail
+
+
+Step = Callable[[Plan, Context], bool]
+
+
+def parse_step(plan: Plan, ctx: Context) -> bool:
+    plan.mail = parse_message(plan.raw.data)
+    if plan.mail.defects:
+        plan.notes.append("parse defects: " + "; ".join(plan.mail.defects[:5]))
+    return False
+
+
+def duplicate_step(plan: Plan, ctx: Context) -> bool:
+    earlier = queries.earlier_copy(ctx.session, plan.raw, plan.parsed.message_id)
+    if earlier is None:
+        return False
+    plan.duplicate_of = earlier.id
+    plan.ticket = ctx.session.get(Ticket, earlier.ticket_id) if earlier.ticket_id else None
+    same = "same bytes" if earlier.sha256 == plan.raw.sha256 else f"same Message-ID <{plan.parsed.message_id}>"
+    return plan.settle(Action.DUPLICATE, f"{same} as inbound message #{earlier.id} ({earlier.source})")
+
+
+def classify_step(plan: Plan, ctx: Context) -> bool:
+    mail = plan.parsed
+    plan.classification = result = classify(mail, ctx.config.all_own_addresses())
+    if mail.from_ is not None:
+        plan.sender = mail.from_.email.lower()
+        plan.sender_name = mail.from_.name
+    if result.kind is Kind.OWN:
+        return plan.settle(Action.IGNORE, f"loop protection: {result.reason}")
+    return False
+
+
+def identify_step(plan: Plan, ctx: Context) -> bool:
+    if not plan.sender or "@" not in plan.sender:
+        if plan.classification is not None and plan.classification.automatic:
+            return False
+        return plan.settle(Action.QUARANTINE, "the mail has no usable sender address (From header)")
+    contact = queries.contact_by_address(ctx.session, plan.sender)
+    if contact is not None:
+        plan.contact_id = contact.id
+        plan.organisation_id = contact.organisation_id
+        plan.notes.append(f"sender {plan.sender} is contact #{contact.id}")
+    else:
+        org = queries.organisation_for_domain(ctx.session, plan.sender.rpartition("@")[2])
+        plan.organisation_id = org.id if org else None
+        plan.notes.append(
+            f"sender {plan.sender} is not a contact yet"
+            + (f"; domain belongs to organisation {org.name!r}" if org else "")
+        )
+    return False
+
+
+def _channel_for_address(config: Config, address: str) -> ChannelConfig | None:
+    for channel in config.channels:
+        if address in channel.addresses:
+            return channel
+    return None
+
+
+def _rule_matches(rule: RuleConfig, mail: ParsedMail, sender: str) -> bool:
+    match = rule.match
+    domain = sender.rpartition("@")[2]
+    if match.sender_domain is not None and not any(
+        domain == d or domain.endswith("." + d) for d in match.sender_domain
+    ):
+        return False
+    if match.sender is not None and sender not in match.sender:
+        return False
+    if match.subject is not None and not re.search(match.subject, mail.subject, re.IGNORECASE):
+        return False
+    for name, pattern in (match.headers or {}).items():
+        values = mail.headers.get(name.lower(), ())
+        if not any(re.search(pattern, v, re.IGNORECASE) for v in values):
+            return False
+    return True
+
+
+def route_step(plan: Plan, ctx: Context) -> bool:
+    mail = plan.parsed
+    envelope = [a for a in (plan.raw.envelope_to or "").split(",") if a]
+    for address, where in candidate_recipients(mail, envelope):
+        channel = _channel_for_address(ctx.config, address)
+        if channel is not None:
+            plan.channel, plan.channel_reason = channel, f"{where} {address}"
+            break
+    else:
+        if ctx.mailbox_channel is not None:
+            plan.channel = ctx.config.channel(ctx.mailbox_channel)
+            plan.channel_reason = f"no recipient matched; mailbox belongs to channel {ctx.mailbox_channel}"
+        else:
+            plan.channel = ctx.config.fallback_channel
+            plan.channel_reason = "no recipient matched; default channel"
+    plan.priority = plan.channel.default_priority
+    for rule in plan.channel.rules:
+        if _rule_matches(rule, mail, plan.sender):
+            plan.rule = rule.name
+            if rule.set.channel is not None:
+                plan.channel = ctx.config.channel(rule.set.channel)
+                plan.channel_reason += f"; rule {rule.name!r} moved it to {rule.set.channel}"
+            plan.priority = rule.set.priority or plan.priority
+            plan.category = rule.set.category or plan.category
+            plan.type = rule.set.type or plan.type
+            break
+    return False
+
+
+def _find_thread(plan: Plan, ctx: Context) -> tuple[Ticket, str] | None:
+    mail = plan.parsed
+    prefixes = [c.prefix for c in ctx.config.channels]
+    for number in tagged_numbers(mail.subject, prefixes):
+        ticket = queries.ticket_by_number(ctx.session, number)
+        if ticket is not None:
+            return ticket, f"subject tag [{number}]"
+    found = queries.ticket_by_message_ids(ctx.session, reference_chain(mail))
+    if found is not None:
+        ticket, mid = found
+        header = "In-Reply-To" if mid in mail.in_reply_to else "References"
+        return ticket, f"{header} <{mid}>"
+    return None
+
+
+def thread_step(plan: Plan, ctx: Context) -> bool:
+    kind = plan.classification.kind if plan.classification else Kind.CUSTOMER
+    if kind is Kind.BOUNCE and plan.classification and plan.classification.bounce:
+        original = (plan.classification.bounce.original_message_id or "").strip().strip("<>")
+        found = queries.ticket_by_message_ids(ctx.session, [original]) if original else None
+        if found is not None:
+            plan.ticket, plan.thread_reason = found[0], f"bounced mail <{original}>"
+            return False
+    found_thread = _find_thread(plan, ctx)
+    if found_thread is not None:
+        plan.ticket, plan.thread_reason = found_thread
+    return False
+
+
+def _reopen_reference(ticket: Ticket) -> datetime:
+    return ticket.closed_at or ticket.solved_at or ticket.updated_at
+
+
+def decide_step(plan: Plan, ctx: Context) -> bool:
+    classification = plan.classification
+    assert classification is not None and plan.channel is not None
+    where = f" (ticket {plan.ticket.number})" if plan.ticket else ""
+    if classification.kind is Kind.BOUNCE:
+        return plan.settle(Action.BOUNCE, classification.reason + where)
+    if classification.kind is Kind.AUTO_REPLY:
+        return plan.settle(Action.AUTO_REPLY, classification.reason + where)
+    if plan.contact_id is None and plan.channel.unknown_senders is UnknownSenders.QUARANTINE:
+        return plan.settle(
+            Action.QUARANTINE,
+            f"unknown sender {plan.sender}: channel {plan.channel.name} accepts mail from known contacts only",
+        )
+    ticket = plan.ticket
+    if ticket is None:
+        return plan.settle(Action.NEW_TICKET, f"new enquiry in channel {plan.channel.name}")
+    if ticket.status not in CLOSED_STATUSES:
+        return plan.settle(Action.FOLLOW_UP, f"follow-up to {ticket.number} by {plan.thread_reason}")
+    window = ctx.channel_of(ticket).reopen_window
+    since = ctx.now - _reopen_reference(ticket)
+    if since <= window:
+        return plan.settle(
+            Action.REOPEN, f"reply to {ticket.status} ticket {ticket.number} within the reopen window"
+        )
+    return plan.settle(
+        Action.NEW_LINKED,
+        f"reply to {ticket.status} ticket {ticket.number} after the reopen window: new ticket linked to it",
+    )
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("parse", parse_step),
+    ("duplicate", duplicate_step),
+    ("classify", classify_step),
+    ("identify", identify_step),
+    ("route", route_step),
+    ("thread", thread_step),
+    ("decide", decide_step),
+)
+
+
+class StepError(Exception):
+    """A step failed; carries the step's name so the quarantine reason says where."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.step = step
+        self.cause = cause
+        super().__init__(f"{step} failed: {type(cause).__name__}: {cause}")
+
+
+def make_plan(raw: RawMessage, ctx: Context) -> Plan:
+    """Run the steps until one settles the plan."""
+    plan = Plan(raw=raw)
+    for name, step in STEPS:
+        try:
+            if step(plan, ctx):
+                break
+        except Exception as exc:
+            raise StepError(name, exc) from exc
+    return plan
