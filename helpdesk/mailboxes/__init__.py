@@ -1,0 +1,1 @@
+"""Mailbox adapters: IMAP, POP3 and the LMTP listener. IO lives here, decisions in ``intake``."""
