@@ -1,0 +1,280 @@
+"""The ``helpdesk`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from helpdesk import config as config_mod
+from helpdesk.config import Config, ConfigError
+from helpdesk.store.db import make_engine, transaction
+from helpdesk.store.migrate import upgrade
+from helpdesk.store.models import Item, RawMessage, RawState, Ticket
+
+DEFAULT_CONFIG = "channels.yaml"
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("HELPDESK_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config_mod.load(_config_path(args))
+
+
+def _engine(args: argparse.Namespace) -> tuple[Config, Engine]:
+    cfg = _load(args)
+    engine = make_engine(cfg.database_url)
+    upgrade(engine)
+    return cfg, engine
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = Path(args.path) if args.path else _config_path(args)
+    try:
+        cfg = config_mod.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    missing = config_mod.missing_secrets(cfg)
+    for problem in missing:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if missing:
+        return 1
+    boxes = len(cfg.mailboxes())
+    print(f"{path}: OK ({len(cfg.channels)} channel(s), {boxes} mailbox(es))")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    upgrade(make_engine(cfg.database_url))
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from helpdesk.daemon import Daemon
+
+    cfg = _load(args)
+    daemon = Daemon(cfg)
+    if args.once:
+        summary = daemon.run_once()
+        fetched = sum(r.fetched for r in summary.reports)
+        print(f"imported {fetched} message(s) from {len(summary.reports)} mailbox(es)")
+        for name, error in summary.errors.items():
+            print(f"mailbox {name}: {error}", file=sys.stderr)
+        daemon.engine.dispose()
+        return 1 if summary.errors else 0
+    daemon.run_forever()
+    return 0
+
+
+def _raw_summary(session: Session, raw: RawMessage) -> dict[str, Any]:
+    ticket = session.get(Ticket, raw.ticket_id) if raw.ticket_id else None
+    return {
+        "id": raw.id,
+        "message_id": raw.message_id,
+        "source": raw.source,
+        "source_key": raw.source_key,
+        "received_at": raw.received_at.isoformat(),
+        "size": raw.size,
+        "state": raw.state,
+        "outcome": raw.outcome,
+        "ticket": ticket.number if ticket else None,
+        "duplicate_of": raw.duplicate_of,
+        "detail": raw.detail,
+        "error": raw.error,
+    }
+
+
+def cmd_messages_export(args: argparse.Namespace) -> int:
+    _cfg, engine = _engine(args)
+    with Session(engine) as session:
+        rows = session.exec(select(RawMessage).order_by(col(RawMessage.id))).all()
+        _print_json([_raw_summary(session, raw) for raw in rows])
+    return 0
+
+
+def cmd_tickets_export(args: argparse.Namespace) -> int:
+    _cfg, engine = _engine(args)
+    with Session(engine) as session:
+        tickets = session.exec(select(Ticket).order_by(col(Ticket.id))).all()
+        items_by_ticket: dict[int, list[Item]] = {}
+        for item in session.exec(select(Item).order_by(col(Item.id))).all():
+            items_by_ticket.setdefault(item.ticket_id, []).append(item)
+        linked = {t.id: t.number for t in tickets}
+        out = []
+        for ticket in tickets:
+            assert ticket.id is not None
+            out.append(
+                {
+                    "number": ticket.number,
+                    "subject": ticket.subject,
+                    "status": ticket.status,
+                    "priority": ticket.priority,
+                    "category": ticket.category,
+                    "type": ticket.type,
+                    "contact_id": ticket.contact_id,
+                    "organisation_id": ticket.organisation_id,
+                    "linked_ticket": linked.get(ticket.linked_ticket_id) if ticket.linked_ticket_id else None,
+                    "created_at": ticket.created_at.isoformat(),
+                    "items": [
+                        {
+                            "message_id": item.message_id,
+                            "direction": item.direction,
+                            "kind": item.kind,
+                            "visibility": item.visibility,
+                            "from": item.from_address,
+                            "created_at": item.created_at.isoformat(),
+                        }
+                        for item in items_by_ticket.get(ticket.id, [])
+                    ],
+                }
+            )
+        _print_json(out)
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    cfg, engine = _engine(args)
+    action = args.action
+    if action == "list":
+        with Session(engine) as session:
+            stmt = select(RawMessage).where(RawMessage.state == RawState.QUARANTINED).order_by(col(RawMessage.id))
+            rows = session.exec(stmt).all()
+            for row in rows:
+                print(f"{row.id}\t{row.received_at:%Y-%m-%d %H:%M}\t{row.source}\t{row.message_id or '-'}\t{row.error}")
+            print(f"{len(rows)} message(s) in quarantine", file=sys.stderr)
+        return 0
+    if action == "retry-all":
+        from helpdesk.intake.runner import Intake
+
+        intake = Intake(engine, cfg)
+        with Session(engine) as session:
+            ids = session.exec(select(RawMessage.id).where(RawMessage.state == RawState.QUARANTINED)).all()
+        still = 0
+        for raw_id in ids:
+            if raw_id is not None:
+                still += intake.retry(raw_id).state == RawState.QUARANTINED
+        print(f"retried {len(ids)} message(s); {still} still in quarantine")
+        return 0
+    if args.id is None:
+        print(f"quarantine {action}: give a message id (see 'helpdesk quarantine list')", file=sys.stderr)
+        return 2
+    with Session(engine) as session:
+        raw = session.get(RawMessage, args.id)
+        if raw is None or raw.state != RawState.QUARANTINED:
+            print(f"message {args.id} is not in quarantine", file=sys.stderr)
+            return 1
+        if action == "show":
+            _print_json(_raw_summary(session, raw))
+            return 0
+        data = raw.data
+    if action == "export":
+        target = Path(args.output or f"quarantine-{args.id}.eml")
+        target.write_bytes(data)
+        print(f"wrote {len(data)} bytes to {target}")
+        return 0
+    from helpdesk.intake.runner import Intake
+
+    result = Intake(engine, cfg).retry(args.id)
+    print(f"message {args.id}: {result.outcome} {result.ticket_number or ''} {result.error or ''}".rstrip())
+    return 0 if result.state != RawState.QUARANTINED else 1
+
+
+def cmd_route_test(args: argparse.Namespace) -> int:
+    from helpdesk.intake.explain import explain
+
+    cfg, engine = _engine(args)
+    data = Path(args.file).read_bytes()
+    with transaction(engine) as session:
+        lines = explain(session, cfg, data, mailbox=args.mailbox)
+        session.rollback()
+    print("\n".join(lines))
+    return 0
+
+
+# --- argument parsing ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helpdesk", description="Email-driven helpdesk daemon")
+    parser.add_argument("-c", "--config", help="path to channels.yaml (default: $HELPDESK_CONFIG or ./channels.yaml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    run = add("run", cmd_run, "run the daemon")
+    run.add_argument("--once", action="store_true", help="import everything waiting in every mailbox and exit")
+
+    check = add("check-config", cmd_check_config, "validate channels.yaml and report every problem")
+    check.add_argument("path", nargs="?")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db_upgrade)
+
+    quarantine = add("quarantine", cmd_quarantine, "inspect and retry messages that could not be processed")
+    quarantine.add_argument("action", choices=["list", "show", "retry", "retry-all", "export"])
+    quarantine.add_argument("id", nargs="?", type=int)
+    quarantine.add_argument("-o", "--output", help="file to write (export)")
+
+    tickets = sub.add_parser("tickets", help="tickets")
+    t_sub = tickets.add_subparsers(dest="tickets_command", required=True)
+    t_export = t_sub.add_parser("export", help="print every ticket with its items")
+    t_export.add_argument("--format", choices=["json"], default="json")
+    t_export.set_defaults(func=cmd_tickets_export)
+
+    messages = sub.add_parser("messages", help="inbound messages")
+    m_sub = messages.add_subparsers(dest="messages_command", required=True)
+    m_export = m_sub.add_parser("export", help="print every inbound message and what became of it")
+    m_export.add_argument("--format", choices=["json"], default="json")
+    m_export.set_defaults(func=cmd_messages_export)
+
+    route = sub.add_parser("route", help="routing")
+    r_sub = route.add_subparsers(dest="route_command", required=True)
+    r_test = r_sub.add_parser("test", help="explain what the pipeline would do with a mail (writes nothing)")
+    r_test.add_argument("file")
+    r_test.add_argument("--mailbox", help="treat the mail as read from this mailbox")
+    r_test.set_defaults(func=cmd_route_test)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.command != "run" else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Composition root: configuration -> database -> intake -> mailbox workers and listener.
+
+Each mailbox runs in a worker thread of its own with its own backoff, so a mailbox that is down
+never holds up the others; the LMTP listener runs in aiosmtpd's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from sqlalchemy import Engine
+
+from helpdesk.config import Config, MailboxConfig
+from helpdesk.intake.runner import Clock, Intake, utcnow
+from helpdesk.mailboxes.base import Backoff, Mailbox, PermanentError, PollReport, TemporaryError
+from helpdesk.mailboxes.imap import ImapMailbox
+from helpdesk.mailboxes.lmtp import Listener
+from helpdesk.mailboxes.pop3 import Pop3Mailbox
+from helpdesk.store.db import make_engine, transaction
+from helpdesk.store.migrate import upgrade
+from helpdesk.store.models import MailboxState
+
+log = logging.getLogger(__name__)
+
+
+def make_mailbox(config: MailboxConfig) -> Mailbox:
+    if config.kind == "imap":
+        return ImapMailbox(config)
+    return Pop3Mailbox(config)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.debug("sd_notify failed: %s", exc)
+
+
+def record_mailbox_error(engine: Engine, mailbox: MailboxConfig, error: str) -> None:
+    try:
+        with transaction(engine) as session:
+            state = session.get(MailboxState, (mailbox.name, mailbox.folder))
+            if state is None:
+                state = MailboxState(mailbox=mailbox.name, folder=mailbox.folder)
+            state.last_error = error[:2000]
+            session.add(state)
+    except Exception:
+        log.exception("could not record the error of mailbox %s", mailbox.name)
+
+
+@dataclass
+class OnceSummary:
+    reports: list[PollReport] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine | None = None,
+        clock: Clock = utcnow,
+        mailbox_factory: Callable[[MailboxConfig], Mailbox] = make_mailbox,
+    ) -> None:
+        self.config = config
+        self.engine = engine or make_engine(config.database_url)
+        upgrade(self.engine)
+        self.intake = Intake(self.engine, config, clock)
+        self.mailbox_factory = mailbox_factory
+        self.stop_event = threading.Event()
+        self.listener: Listener | None = None
+        self._threads: list[threading.Thread] = []
+
+    # --- single pass -----------------------------------------------------------------------------
+
+    def run_once(self) -> OnceSummary:
+        """Import everything waiting in every mailbox, finish pending messages, and return."""
+        summary = OnceSummary()
+        self.intake.process_pending()
+        for _channel, box_config in self.config.mailboxes():
+            box = self.mailbox_factory(box_config)
+            try:
+                summary.reports.append(box.poll(self.intake))
+            except (TemporaryError, PermanentError) as exc:
+                summary.errors[box_config.name] = str(exc)
+                record_mailbox_error(self.engine, box_config, str(exc))
+                log.error("mailbox %s: %s", box_config.name, exc)
+            finally:
+                box.close()
+        return summary
+
+    # --- long-running ----------------------------------------------------------------------------
+
+    def _worker(self, box_config: MailboxConfig) -> None:
+        box = self.mailbox_factory(box_config)
+        backoff = Backoff()
+        stop = self.stop_event
+        while not stop.is_set():
+            try:
+                report = box.poll(self.intake)
+                backoff.reset()
+                if report.fetched:
+                    log.info("mailbox %s: %d messages imported", box.name, report.fetched)
+                self._wait(box, box_config.poll_interval)
+            except (TemporaryError, PermanentError) as exc:
+                delay = backoff.next_delay()
+                log.warning("mailbox %s: %s; retrying in %.0f s", box.name, exc, delay)
+                record_mailbox_error(self.engine, box_config, str(exc))
+                box.close()
+                stop.wait(delay)
+            except Exception as exc:  # a bug must not end the worker: log, back off, go on
+                delay = backoff.next_delay()
+                log.exception("mailbox %s: unexpected error; retrying in %.0f s", box.name, delay)
+                record_mailbox_error(self.engine, box_config, f"{type(exc).__name__}: {exc}")
+                box.close()
+                stop.wait(delay)
+        box.close()
+
+    def _wait(self, box: Mailbox, interval: float) -> None:
+        if not box.can_idle:
+            self.stop_event.wait(interval)
+            return
+        waited = 0.0
+        while not self.stop_event.is_set() and waited < interval:
+            chunk = min(10.0, interval - waited)
+            if box.wait(chunk):
+                return
+            waited += chunk
+
+    def start(self) -> None:
+        self.intake.process_pending()
+        if self.config.listener.enabled:
+            self.listener = Listener(self.intake, self.config)
+            self.listener.start()
+        for _channel, box_config in self.config.mailboxes():
+            thread = threading.Thread(
+                target=self._worker, args=(box_config,), name=f"mailbox-{box_config.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        sd_notify("READY=1")
+
+    def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        self.stop_event.set()
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._threads.clear()
+        self.engine.dispose()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT."""
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        try:
+            while not self.stop_event.wait(30):
+                sd_notify("WATCHDOG=1")
+        finally:
+            self.stop()

@@ -1,0 +1,73 @@
+"""The daemon: single pass, IDLE, and mailboxes that fail without stopping the others."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from helpdesk.daemon import Daemon
+from helpdesk.store.models import MailboxState
+from tests.conftest import Clock, config_with_mailboxes, mailbox_entry
+from tests.mailboxes.test_imap import mails, ticket_count
+from tests.mailgen import make_mail
+
+pytestmark = pytest.mark.dovecot
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_run_once_goes_on_past_a_dead_mailbox(engine: Engine, clock: Clock, dovecot: Any, mail_user: str) -> None:
+    dovecot.append_many(mail_user, mails(3))
+    dead = mailbox_entry(dovecot, mail_user, name="dead", port=1, timeout=2)
+    config = config_with_mailboxes(dead, mailbox_entry(dovecot, mail_user))
+    daemon = Daemon(config, engine, clock)
+    summary = daemon.run_once()
+    assert set(summary.errors) == {"dead"}
+    assert sum(r.fetched for r in summary.reports) == 3
+    assert ticket_count(engine) == 3
+    with Session(engine) as session:
+        state = session.get(MailboxState, ("dead", "INBOX"))
+    assert state is not None and state.last_error and "Connection refused" in state.last_error
+
+
+def test_idle_picks_up_new_mail_without_polling(engine: Engine, clock: Clock, dovecot: Any, mail_user: str) -> None:
+    config = config_with_mailboxes(mailbox_entry(dovecot, mail_user, poll_interval=3600, idle=True))
+    daemon = Daemon(config, engine, clock)
+    daemon.start()
+    try:
+        time.sleep(1.0)  # first poll done, now idling
+        dovecot.append(mail_user, make_mail(message_id="pushed@acme.example"))
+        assert wait_for(lambda: ticket_count(engine) == 1)
+    finally:
+        daemon.stop()
+
+
+def test_server_down_at_start_is_retried_until_it_is_back(engine: Engine, clock: Clock, mail_user: str) -> None:
+    from tests.servers.dovecot import Dovecot
+
+    with Dovecot() as server:
+        server.add_user(mail_user, "pw")
+        server.append_many(mail_user, mails(2))
+        server.stop()
+        config = config_with_mailboxes(mailbox_entry(server, mail_user, poll_interval=3600))
+        daemon = Daemon(config, engine, clock)
+        daemon.start()
+        try:
+            time.sleep(1.5)
+            assert ticket_count(engine) == 0
+            server.start()
+            assert wait_for(lambda: ticket_count(engine) == 2, timeout=30)
+        finally:
+            daemon.stop()
