@@ -26,9 +26,21 @@ everything belongs to the history or the signature:
 
 A ``>`` block preceded by an "On ... wrote:" header is quoted history.  New text after such a block
 (bottom posting) is kept; when the sender answered between several quoted blocks (inline reply),
-the quoted lines in between are kept in ``text`` so that the answers stay readable.  Finally a
-closing formula at the end ("Best regards," "Mit freundlichen Grüßen", ...) and the few short lines
-after it (name, title, phone) are moved to ``quoted`` as signature.
+the quoted lines in between are kept in ``text`` so that the answers stay readable.  A ``>`` block
+without any header between two paragraphs of new text is taken as a citation and kept.  A bare
+"<Name> wrote:" line only counts as a header when a ``>`` block follows it.  Finally a closing
+formula at the end ("Best regards," "Mit freundlichen Grüßen", ...) and the few short lines after
+it (name, title, phone) are moved to ``quoted`` as signature; "Thanks," is left alone.
+
+How an HTML body is read
+------------------------
+The HTML is tokenised and rendered to lines.  Citation containers (``blockquote``, ``gmail_quote``,
+``moz-cite-prefix``, ``yahoo_quoted``, ...) become ``>``-quoted lines; Outlook's reply markers
+(``divRplyFwdMsg``, ``appendonsend``, ``OLK_SRC_BODY_SECTION``, Hotmail's ``stopSpelling``, a
+forwarded ``moz-forward-container``) cut off everything after them; ``gmail_signature``,
+``moz-signature`` and Outlook's ``#Signature`` start a signature; a ``border-top`` separator
+``div`` and ``<hr>`` become separator lines.  The lines then go through the plain-text logic above,
+which also catches textual headers such as "-----Original Message-----" or "Von: ... Gesendet:".
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import html as _html
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 __all__ = ["Reply", "split_reply", "split_reply_html"]
 
@@ -288,7 +301,6 @@ class _Line:
             hints = _H_VERB if _VERB_RE.search(body) else 0
             hints |= _H_AT if "@" in body else 0
             hints |= _H_LT if "<" in body else 0
-            hints |= _H_DAY if _LEADING_DAY_RE.match(body) else 0
             self._hints = hints
         return self._hints
 
@@ -301,7 +313,7 @@ class _Line:
         return self._key
 
 
-_H_VERB, _H_AT, _H_LT, _H_DAY = 1, 2, 4, 8
+_H_VERB, _H_AT, _H_LT = 1, 2, 4
 _QUOTE_PREFIX_RE = re.compile(r"[ \t]*(?:>[ \t]?)+")
 
 
@@ -339,7 +351,7 @@ def _wrote_header_start(lines: Sequence[_Line], j: int) -> int | None:
         hints = 0
         for k in range(s, j + 1):
             hints |= lines[k].hints
-        if not hints & _H_VERB and not (hints & _H_AT and hints & _H_LT and lines[s].hints & _H_DAY):
+        if not hints & _H_VERB and not (hints & _H_AT and hints & _H_LT):
             return False
         return _is_wrote_header(" ".join(lines[k].body for k in range(s, j + 1)))
 
@@ -646,10 +658,12 @@ _BLOCK = _word_set(
     figure footer form h1 h2 h3 h4 h5 h6 header hr li main menu nav ol p pre section summary table
     tbody thead tfoot tr ul caption html body"""
 )
-_RAW_TEXT = {
-    tag: re.compile(rf"</{tag}\s*>", re.IGNORECASE)
-    for tag in ("script", "style", "title", "textarea", "xml", "template")
-}
+_RAW_TEXT = MappingProxyType(
+    {
+        tag: re.compile(rf"</{tag}\s*>", re.IGNORECASE)
+        for tag in ("script", "style", "title", "textarea", "xml", "template")
+    }
+)
 _HARD_IDS = _word_set(
     """divrplyfwdmsg appendonsend olk_src_body_section stopspelling zwchr
     mail-editor-reference-message-container isforwardcontent isreplycontent"""
@@ -660,7 +674,7 @@ _CITE_CLASSES = _word_set(
     ecxgmail_quote tutanota_quote"""
 )
 _SIGNATURE_CLASSES = frozenset(("gmail_signature", "moz-signature"))
-_SIGNATURE_IDS = frozenset(("signature",))
+_SIGNATURE_IDS = frozenset(("signature", "applemailsignature"))
 _MARKUP_RE = re.compile(r"<[A-Za-z/!?]")
 _TAG_RE = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:_.-]{0,40})")
 _ATTR_RE = re.compile(r"""([^\s=/>"']{1,60})(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+)))?""")
@@ -720,10 +734,16 @@ def _tokens(doc: str) -> Iterator[_Token]:
             yield ("end", tag, {})
             i = k + 1
             continue
-        yield ("start", tag, _attrs(doc[m.end() : k]))
+        source = doc[m.end() : k]
+        self_closing = source.endswith("/")
+        yield ("start", tag, _attrs(source))
         i = k + 1
+        if self_closing:
+            if tag not in _VOID:
+                yield ("end", tag, {})
+            continue
         closer = _RAW_TEXT.get(tag)
-        if closer is not None and not doc[m.end() : k].rstrip().endswith("/"):
+        if closer is not None:
             close = closer.search(doc, i)
             if close is None:
                 return
@@ -858,6 +878,8 @@ def _render_html(doc: str) -> tuple[list[_Line], int]:
 def split_reply_html(html: str) -> Reply:
     """Split an HTML reply body into the new text and the quoted history/signature (as text)."""
     doc = _as_str(html)
+    if _MARKUP_RE.search(doc) is None:  # no markup at all: keep its line structure
+        return split_reply(_html.unescape(doc))
     try:
         lines, cut = _render_html(doc)
         new, rest = _split_lines(lines[:cut])
