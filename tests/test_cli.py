@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from helpdesk import cli
+from helpdesk.intake.steps import NO_SENDER
 from tests.conftest import base_config, mailbox_entry
 from tests.mailgen import make_mail
 
@@ -27,7 +28,7 @@ def setup(tmp_path: Path, dovecot: Any, mail_user: str, monkeypatch: pytest.Monk
     dovecot.append(mail_user, make_mail(message_id="one@acme.example"))
     dovecot.append(mail_user, make_mail(message_id="two@acme.example", in_reply_to="one@acme.example"))
     dovecot.append(mail_user, make_mail(subject="Out of office", headers={"Auto-Submitted": "auto-replied"}))
-    dovecot.append(mail_user, b"To: support@example.test\r\nSubject: anonymous\r\n\r\nwho sent this?\r\n")
+    dovecot.append(mail_user, b"To: sales@example.test\r\nSubject: anonymous\r\n\r\nwho sent this?\r\n")
     return path
 
 
@@ -56,7 +57,7 @@ def test_single_pass_and_exports(setup: Path, capsys: pytest.CaptureFixture[str]
     assert "no usable sender address" in out and "1 message(s) in quarantine" in err
     raw_id = out.split("\t", 1)[0]
     code, out, _ = run(capsys, "-c", str(setup), "quarantine", "show", raw_id)
-    assert json.loads(out)["error"] == "the mail has no usable sender address (From header)"
+    assert json.loads(out)["error"] == f"{NO_SENDER}: channel sales accepts mail from known contacts only"
     target = tmp_path / "q.eml"
     run(capsys, "-c", str(setup), "quarantine", "export", raw_id, "-o", str(target))
     assert b"who sent this?" in target.read_bytes()

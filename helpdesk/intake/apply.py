@@ -96,7 +96,8 @@ def _add_item(
 
 
 def _ensure_contact(ctx: Context, plan: Plan) -> None:
-    if plan.contact_id is not None:
+    """Create the sender as a contact; a mail without any sender address keeps a ticket without one."""
+    if plan.contact_id is not None or not plan.sender:
         return
     contact = queries.create_contact(
         ctx.session, plan.sender_name, [plan.sender], plan.organisation_id, ctx.now
@@ -200,6 +201,7 @@ def apply_plan(ctx: Context, plan: Plan) -> Outcome:
             pass
     outcome = _OUTCOMES[plan.action]
     raw.message_id = plan.mail.message_id if plan.mail else None
+    raw.fingerprint = plan.fingerprint
     raw.outcome = outcome
     raw.ticket_id = ticket.id if ticket is not None else None
     raw.duplicate_of = plan.duplicate_of

@@ -17,11 +17,12 @@ from sqlmodel import Session
 from helpdesk.config import ChannelConfig, Config, RuleConfig, UnknownSenders
 from helpdesk.mail.classify import Classification, Kind, classify
 from helpdesk.mail.parse import ParsedMail, parse_message
-from helpdesk.mail.threading import candidate_recipients, reference_chain, tagged_numbers
+from helpdesk.mail.threading import candidate_recipients, fingerprint, reference_chain, tagged_numbers
 from helpdesk.store import queries
 from helpdesk.store.models import RawMessage, Ticket
 
 CLOSED_STATUSES = frozenset({"solved", "closed"})
+NO_SENDER = "the mail has no usable sender address (no From, Sender, Reply-To, Return-Path or envelope sender)"
 
 
 class Action(StrEnum):
@@ -77,6 +78,7 @@ class Plan:
     action: Action | None = None
     reason: str = ""
     duplicate_of: int | None = None
+    fingerprint: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def settle(self, action: Action, reason: str) -> bool:
@@ -102,31 +104,46 @@ def parse_step(plan: Plan, ctx: Context) -> bool:
 
 
 def duplicate_step(plan: Plan, ctx: Context) -> bool:
-    earlier = queries.earlier_copy(ctx.session, plan.raw, plan.parsed.message_id)
+    plan.fingerprint = fingerprint(plan.parsed)
+    earlier = queries.earlier_copy(ctx.session, plan.raw, plan.fingerprint)
     if earlier is None:
         return False
     plan.duplicate_of = earlier.id
     plan.ticket = ctx.session.get(Ticket, earlier.ticket_id) if earlier.ticket_id else None
-    same = "same bytes" if earlier.sha256 == plan.raw.sha256 else f"same Message-ID <{plan.parsed.message_id}>"
+    same = "same bytes" if earlier.sha256 == plan.raw.sha256 else f"another copy of <{plan.parsed.message_id}>"
     return plan.settle(Action.DUPLICATE, f"{same} as inbound message #{earlier.id} ({earlier.source})")
 
 
 def classify_step(plan: Plan, ctx: Context) -> bool:
     mail = plan.parsed
     plan.classification = result = classify(mail, ctx.config.all_own_addresses())
-    if mail.from_ is not None:
-        plan.sender = mail.from_.email.lower()
-        plan.sender_name = mail.from_.name
+    plan.sender, plan.sender_name, where = sender_of(mail, plan.raw.envelope_from)
+    if plan.sender and where != "From":
+        plan.notes.append(f"no usable From header; sender taken from {where}")
     if result.kind is Kind.OWN:
         return plan.settle(Action.IGNORE, f"loop protection: {result.reason}")
     return False
 
 
+def sender_of(mail: ParsedMail, envelope_from: str | None) -> tuple[str, str, str]:
+    """(address, display name, where it came from): From, else Sender, Reply-To, Return-Path, envelope."""
+    for where, address in (("From", mail.from_), ("Sender", mail.sender)):
+        if address is not None and "@" in address.email:
+            return address.email.lower(), address.name, where
+    for address in mail.reply_to:
+        if "@" in address.email:
+            return address.email.lower(), address.name, "Reply-To"
+    for where, value in (("Return-Path", mail.header("return-path")), ("envelope sender", envelope_from)):
+        candidate = (value or "").strip().strip("<>").strip()
+        if "@" in candidate and " " not in candidate:
+            return candidate.lower(), "", where
+    return "", "", ""
+
+
 def identify_step(plan: Plan, ctx: Context) -> bool:
-    if not plan.sender or "@" not in plan.sender:
-        if plan.classification is not None and plan.classification.automatic:
-            return False
-        return plan.settle(Action.QUARANTINE, "the mail has no usable sender address (From header)")
+    if not plan.sender:
+        plan.notes.append(NO_SENDER)
+        return False
     contact = queries.contact_by_address(ctx.session, plan.sender)
     if contact is not None:
         plan.contact_id = contact.id
@@ -238,9 +255,9 @@ def decide_step(plan: Plan, ctx: Context) -> bool:
     if classification.kind is Kind.AUTO_REPLY:
         return plan.settle(Action.AUTO_REPLY, classification.reason + where)
     if plan.contact_id is None and plan.channel.unknown_senders is UnknownSenders.QUARANTINE:
+        who = f"unknown sender {plan.sender}" if plan.sender else NO_SENDER
         return plan.settle(
-            Action.QUARANTINE,
-            f"unknown sender {plan.sender}: channel {plan.channel.name} accepts mail from known contacts only",
+            Action.QUARANTINE, f"{who}: channel {plan.channel.name} accepts mail from known contacts only"
         )
     ticket = plan.ticket
     if ticket is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 
@@ -42,6 +43,22 @@ def reference_chain(mail: ParsedMail) -> list[str]:
             seen.add(mid)
             chain.append(mid)
     return chain
+
+
+def fingerprint(mail: ParsedMail) -> str | None:
+    """Identity of a mail across delivery routes: Message-ID, sender, date, subject, text, attachments.
+
+    Two copies of one mail (sent to two of our addresses, fetched from two mailboxes, re-encoded by
+    a relay) share it; two different mails from a broken mailer that reuses one Message-ID do not.
+    None without a Message-ID: such mails are recognised by their bytes only."""
+    if not mail.message_id:
+        return None
+    sender = mail.from_.email.lower() if mail.from_ else ""
+    date = mail.date.isoformat() if mail.date else ""
+    body = " ".join(f"{mail.text} {mail.html}".split())
+    parts = " ".join(sorted(hashlib.sha256(a.payload).hexdigest() for a in mail.attachments))
+    key = "\x1f".join((mail.message_id, sender, date, strip_reply_prefixes(mail.subject), body, parts))
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def base_address(address: str) -> str:

@@ -112,6 +112,7 @@ class RawMessage(SQLModel, table=True):
     source_key: str
     sha256: str = Field(index=True)
     message_id: str | None = Field(default=None, index=True)
+    fingerprint: str | None = Field(default=None, index=True)
     size: int = 0
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     envelope_from: str | None = None

@@ -128,15 +128,16 @@ def known_source_keys(session: Session, source: str, keys: Iterable[str]) -> dic
     return found
 
 
-def earlier_copy(session: Session, raw: RawMessage, message_id: str | None) -> RawMessage | None:
-    """An already-processed inbound message with the same bytes or the same Message-ID."""
+def earlier_copy(session: Session, raw: RawMessage, fingerprint: str | None) -> RawMessage | None:
+    """An already-processed inbound message with the same bytes, or another copy of the same mail
+    (same fingerprint: Message-ID, sender, date and subject) that reached us by another route."""
     assert raw.id is not None
     done = (RawMessage.state != RawState.PENDING, RawMessage.id != raw.id)
     by_hash = select(RawMessage).where(RawMessage.sha256 == raw.sha256, *done).order_by(col(RawMessage.id))
     found = session.exec(by_hash.limit(1)).first()
-    if found is None and message_id:
-        by_id = select(RawMessage).where(RawMessage.message_id == message_id, *done).order_by(col(RawMessage.id))
-        found = session.exec(by_id.limit(1)).first()
+    if found is None and fingerprint:
+        by_print = select(RawMessage).where(RawMessage.fingerprint == fingerprint, *done)
+        found = session.exec(by_print.order_by(col(RawMessage.id)).limit(1)).first()
     return found
 
 

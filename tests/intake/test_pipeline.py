@@ -192,12 +192,15 @@ def test_duplicates_never_make_a_second_ticket(intake: Intake, engine: Engine) -
     first = deliver(intake, raw, source="imap-a", key="1")
     again = deliver(intake, raw, source="imap-a", key="1")  # same source key: the same row
     copy = deliver(intake, raw, source="pop3-b", key="x")  # same bytes elsewhere
-    resent = deliver(intake, make_mail(message_id="dup@acme.example", subject="changed"), source="lmtp")
+    resent = deliver(intake, b"Received: from relay2.example by mx\r\n" + raw, source="lmtp")  # other route
+    reused = deliver(intake, make_mail(message_id="dup@acme.example", subject="different mail, same id"))
     assert first.outcome == Outcome.TICKET
     assert again.raw_id == first.raw_id
     assert (copy.outcome, resent.outcome) == (Outcome.DUPLICATE, Outcome.DUPLICATE)
     assert copy.ticket_number == "SUP-1"
-    assert len(tickets(engine)) == 1 and len(items(engine, "SUP-1")) == 1
+    assert len(items(engine, "SUP-1")) == 1
+    assert (reused.outcome, reused.ticket_number) == (Outcome.TICKET, "SUP-2")  # a reused Message-ID loses nothing
+    assert len(tickets(engine)) == 2
 
 
 def test_reply_to_solved_ticket_reopens_within_window(intake: Intake, engine: Engine, clock: Clock) -> None:
@@ -293,10 +296,19 @@ def test_pending_messages_are_finished_after_a_crash(intake: Intake, engine: Eng
     assert [r.outcome for r in results] == [Outcome.TICKET]
 
 
-def test_mail_without_sender_is_quarantined_with_reason(intake: Intake) -> None:
-    result = deliver(intake, b"Subject: who am I\r\nTo: support@example.test\r\n\r\nbody\r\n")
-    assert result.outcome == Outcome.QUARANTINED
-    assert result.error == "the mail has no usable sender address (From header)"
+def test_mail_without_any_sender(intake: Intake, engine: Engine) -> None:
+    headers = b"Subject: who am I\r\nTo: support@example.test\r\n\r\nbody\r\n"
+    kept = deliver(intake, headers)  # support still sees the request, on a ticket without a contact
+    assert (kept.outcome, kept.ticket_number) == (Outcome.TICKET, "SUP-1")
+    assert tickets(engine)[0].contact_id is None
+    with Session(engine) as session:
+        raw = session.get(RawMessage, kept.raw_id)
+    assert raw is not None and raw.detail is not None and steps.NO_SENDER in raw.detail
+    refused = deliver(intake, headers.replace(b"support@", b"sales@"))  # sales takes known contacts only
+    assert refused.outcome == Outcome.QUARANTINED
+    assert refused.error == f"{steps.NO_SENDER}: channel sales accepts mail from known contacts only"
+    via_envelope = intake.ingest("lmtp", [Incoming(key="e", data=headers + b"x", envelope_from="bob@acme.example")])
+    assert via_envelope[0].ticket_number == "SUP-2"
 
 
 def test_audit_events_are_immutable(intake: Intake, engine: Engine) -> None:

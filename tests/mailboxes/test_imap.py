@@ -187,7 +187,7 @@ def test_implicit_tls_and_starttls(engine: Engine, clock: Clock, dovecot: Any, m
 def test_quarantined_message_is_acknowledged_and_kept(
     engine: Engine, clock: Clock, dovecot: Any, mail_user: str
 ) -> None:
-    dovecot.append(mail_user, b"To: support@example.test\r\nSubject: no sender\r\n\r\nbody\r\n")
+    dovecot.append(mail_user, b"To: sales@example.test\r\nSubject: no sender\r\n\r\nbody\r\n")
     dovecot.append(mail_user, make_mail())
     _config, intake, box = setup(engine, clock, dovecot, mail_user)
     report = box.poll(intake)
