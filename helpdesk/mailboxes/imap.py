@@ -29,6 +29,7 @@ from helpdesk.store.queries import known_source_keys
 
 log = logging.getLogger(__name__)
 
+BATCH_BYTES = 32 * 1024 * 1024
 _SYSTEM_FLAG_SEARCH = {"\\seen": "UNSEEN", "\\flagged": "UNFLAGGED", "\\answered": "UNANSWERED"}
 
 
@@ -140,8 +141,7 @@ class ImapMailbox:
             self._acknowledge(client, settled_known)
             report.acknowledged += len(settled_known)
         fresh = [uid for uid in candidates if keys[uid] not in known]
-        for start in range(0, len(fresh), cfg.batch_size):
-            batch = fresh[start : start + cfg.batch_size]
+        for batch in self._batches(client, fresh):
             fetched = client.fetch(batch, [b"BODY.PEEK[]"])
             incoming = [
                 Incoming(key=keys[uid], data=bytes(fetched[uid][b"BODY[]"]))
@@ -155,6 +155,23 @@ class ImapMailbox:
             self._acknowledge(client, done)
             report.acknowledged += len(done)
         return report
+
+    def _batches(self, client: imapclient.IMAPClient, uids: list[int]) -> Iterable[list[int]]:
+        """Groups of at most ``batch_size`` messages and about ``BATCH_BYTES`` (one big mail alone)."""
+        if not uids:
+            return
+        sizes = client.fetch(uids, [b"RFC822.SIZE"])
+        batch: list[int] = []
+        total = 0
+        for uid in uids:
+            size = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
+            if batch and (len(batch) >= self.config.batch_size or total + size > BATCH_BYTES):
+                yield batch
+                batch, total = [], 0
+            batch.append(uid)
+            total += size
+        if batch:
+            yield batch
 
     @staticmethod
     def _settled_uids(results: Sequence[Result], keys: dict[int, str]) -> list[int]:

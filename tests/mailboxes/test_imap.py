@@ -194,3 +194,24 @@ def test_quarantined_message_is_acknowledged_and_kept(
     box.close()
     assert sorted(r.outcome or "" for r in report.results) == [Outcome.QUARANTINED, Outcome.TICKET]
     assert dovecot.message_count(mail_user) == 0  # the quarantined one is safe in the database
+
+
+def test_large_mails_are_fetched_in_small_batches(
+    engine: Engine, clock: Clock, dovecot: Any, mail_user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import helpdesk.mailboxes.imap as imap_module
+
+    monkeypatch.setattr(imap_module, "BATCH_BYTES", 200_000)  # about two of these mails
+    big = b"x" * 60_000
+    dovecot.append_many(
+        mail_user,
+        [make_mail(message_id=f"big-{i}@acme.example", attachments=[("a.bin", "application/octet-stream", big)])
+         for i in range(5)],
+    )
+    _config, intake, box = setup(engine, clock, dovecot, mail_user)
+    sizes: list[int] = []
+    real_ingest = intake.ingest
+    monkeypatch.setattr(intake, "ingest", lambda source, msgs: sizes.append(len(msgs)) or real_ingest(source, msgs))
+    assert box.poll(intake).fetched == 5
+    box.close()
+    assert sizes == [2, 2, 1] and ticket_count(engine) == 5
