@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"mailbox {name}: {error}", file=sys.stderr)
         daemon.engine.dispose()
         return 1 if summary.errors else 0
-    daemon.run_forever()
+    daemon.run_forever(lambda: _load(args))
     return 0
 
 

@@ -17,7 +17,7 @@ from types import FrameType
 
 from sqlalchemy import Engine
 
-from helpdesk.config import Config, MailboxConfig
+from helpdesk.config import Config, ConfigError, MailboxConfig
 from helpdesk.intake.runner import Clock, Intake, utcnow
 from helpdesk.mailboxes.base import Backoff, Mailbox, PermanentError, PollReport, TemporaryError
 from helpdesk.mailboxes.imap import ImapMailbox
@@ -28,6 +28,9 @@ from helpdesk.store.migrate import upgrade
 from helpdesk.store.models import MailboxState
 
 log = logging.getLogger(__name__)
+
+# IDLE is re-entered this often (seconds), so a stop or reload never waits long on a quiet mailbox.
+IDLE_CHUNK = 3.0
 
 
 def make_mailbox(config: MailboxConfig) -> Mailbox:
@@ -80,11 +83,15 @@ class Daemon:
         self.config = config
         self.engine = engine or make_engine(config.database_url)
         upgrade(self.engine)
+        self.clock = clock
         self.intake = Intake(self.engine, config, clock)
         self.mailbox_factory = mailbox_factory
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # the whole daemon stops
         self.listener: Listener | None = None
+        self._workers_stop = threading.Event()  # this generation of workers stops (reload)
         self._threads: list[threading.Thread] = []
+        self._wake = threading.Event()
+        self._reload_requested = False
 
     # --- single pass -----------------------------------------------------------------------------
 
@@ -106,17 +113,16 @@ class Daemon:
 
     # --- long-running ----------------------------------------------------------------------------
 
-    def _worker(self, box_config: MailboxConfig) -> None:
+    def _worker(self, box_config: MailboxConfig, stop: threading.Event) -> None:
         box = self.mailbox_factory(box_config)
         backoff = Backoff()
-        stop = self.stop_event
         while not stop.is_set():
             try:
                 report = box.poll(self.intake)
                 backoff.reset()
                 if report.fetched:
                     log.info("mailbox %s: %d messages imported", box.name, report.fetched)
-                self._wait(box, box_config.poll_interval)
+                self._wait(box, box_config.poll_interval, stop)
             except (TemporaryError, PermanentError) as exc:
                 delay = backoff.next_delay()
                 log.warning("mailbox %s: %s; retrying in %.0f s", box.name, exc, delay)
@@ -131,53 +137,94 @@ class Daemon:
                 stop.wait(delay)
         box.close()
 
-    def _wait(self, box: Mailbox, interval: float) -> None:
+    @staticmethod
+    def _wait(box: Mailbox, interval: float, stop: threading.Event) -> None:
         if not box.can_idle:
-            self.stop_event.wait(interval)
+            stop.wait(interval)
             return
         waited = 0.0
-        while not self.stop_event.is_set() and waited < interval:
-            chunk = min(10.0, interval - waited)
+        while not stop.is_set() and waited < interval:
+            chunk = min(IDLE_CHUNK, interval - waited)
             if box.wait(chunk):
                 return
             waited += chunk
 
-    def start(self) -> None:
+    def _start_workers(self) -> None:
         self.intake.process_pending()
         if self.config.listener.enabled:
             self.listener = Listener(self.intake, self.config)
             self.listener.start()
+        stop = self._workers_stop = threading.Event()
         for _channel, box_config in self.config.mailboxes():
             thread = threading.Thread(
-                target=self._worker, args=(box_config,), name=f"mailbox-{box_config.name}", daemon=True
+                target=self._worker, args=(box_config, stop), name=f"mailbox-{box_config.name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
-        sd_notify("READY=1")
 
-    def stop(self) -> None:
-        sd_notify("STOPPING=1")
-        self.stop_event.set()
+    def _stop_workers(self) -> None:
+        self._workers_stop.set()
         if self.listener is not None:
             self.listener.stop()
             self.listener = None
         for thread in self._threads:
             thread.join(timeout=15)
         self._threads.clear()
+
+    def start(self) -> None:
+        self._start_workers()
+        sd_notify("READY=1")
+
+    def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        self.stop_event.set()
+        self._stop_workers()
         self.engine.dispose()
 
-    def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT."""
+    def reload(self, loader: Callable[[], Config]) -> bool:
+        """Apply a new configuration; a faulty one is refused and the running one kept."""
+        sd_notify("RELOADING=1")
+        try:
+            config = loader()
+        except ConfigError as exc:
+            log.error("configuration not reloaded, the running one stays: %s", "; ".join(exc.problems))
+            sd_notify("READY=1")
+            return False
+        if config.database_url != self.config.database_url:
+            log.warning("database_url changed: that takes effect only after a restart")
+            config = config.model_copy(update={"database_url": self.config.database_url})
+        self._stop_workers()
+        self.config = config
+        self.intake = Intake(self.engine, config, self.clock)
+        self._start_workers()
+        log.info("configuration reloaded: %d channel(s), %d mailbox(es)", len(config.channels), len(config.mailboxes()))
+        sd_notify("READY=1")
+        return True
+
+    def run_forever(self, loader: Callable[[], Config] | None = None) -> None:
+        """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration through ``loader``."""
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
             log.info("signal %d: stopping", signum)
             self.stop_event.set()
+            self._wake.set()
+
+        def _hup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested = True
+            self._wake.set()
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        if loader is not None:
+            signal.signal(signal.SIGHUP, _hup)
         self.start()
         try:
-            while not self.stop_event.wait(30):
+            while not self.stop_event.is_set():
+                self._wake.wait(30)
+                self._wake.clear()
+                if self._reload_requested and loader is not None and not self.stop_event.is_set():
+                    self._reload_requested = False
+                    self.reload(loader)
                 sd_notify("WATCHDOG=1")
         finally:
             self.stop()

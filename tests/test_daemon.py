@@ -71,3 +71,23 @@ def test_server_down_at_start_is_retried_until_it_is_back(engine: Engine, clock:
             assert wait_for(lambda: ticket_count(engine) == 2, timeout=30)
         finally:
             daemon.stop()
+
+
+def test_reload_applies_a_good_config_and_keeps_running_on_a_bad_one(
+    engine: Engine, clock: Clock, dovecot: Any, mail_user: str
+) -> None:
+    from helpdesk.config import ConfigError
+
+    daemon = Daemon(config_with_mailboxes(), engine, clock)
+    daemon.start()
+    try:
+        def broken() -> Any:
+            raise ConfigError("channels.yaml", ["channels[0].prefix: Field required"])
+
+        assert daemon.reload(broken) is False
+        assert daemon.config.mailboxes() == []
+        dovecot.append(mail_user, make_mail(message_id="after-reload@acme.example"))
+        assert daemon.reload(lambda: config_with_mailboxes(mailbox_entry(dovecot, mail_user))) is True
+        assert wait_for(lambda: ticket_count(engine) == 1)
+    finally:
+        daemon.stop()
