@@ -76,21 +76,22 @@ def _add_item(
         created_at=ctx.now,
     )
     ctx.session.add(item)
-    ctx.session.flush()
-    assert item.id is not None
-    for part in mail.attachments:
-        digest = queries.store_blob(ctx.session, part.payload)
-        ctx.session.add(
-            Attachment(
-                item_id=item.id,
-                blob_sha256=digest,
-                filename=part.filename,
-                content_type=part.content_type,
-                content_id=part.content_id,
-                disposition=part.disposition,
-                size=len(part.payload),
+    if mail.attachments:  # their rows need item.id; otherwise the next flush inserts the item
+        ctx.session.flush()
+        assert item.id is not None
+        for part in mail.attachments:
+            digest = queries.store_blob(ctx.session, part.payload)
+            ctx.session.add(
+                Attachment(
+                    item_id=item.id,
+                    blob_sha256=digest,
+                    filename=part.filename,
+                    content_type=part.content_type,
+                    content_id=part.content_id,
+                    disposition=part.disposition,
+                    size=len(part.payload),
+                )
             )
-        )
     ticket.updated_at = ctx.now
     return item
 

@@ -70,17 +70,14 @@ class Intake:
         stored: list[tuple[Incoming, int]] = []
         now = self.clock()
         with transaction(self.engine) as session:
-            for message in messages:
-                raw, _created = queries.store_raw(
-                    session,
-                    source=source,
-                    source_key=message.key,
-                    data=message.data,
-                    now=now,
-                    envelope_from=message.envelope_from,
-                    envelope_to=message.envelope_to,
-                )
-                session.flush()
+            rows = queries.store_raw_many(
+                session,
+                source=source,
+                messages=[(m.key, m.data, m.envelope_from, m.envelope_to) for m in messages],
+                now=now,
+            )
+            session.flush()
+            for message, raw in zip(messages, rows, strict=True):
                 assert raw.id is not None
                 stored.append((message, raw.id))
         return stored
@@ -109,8 +106,13 @@ class Intake:
                     return self._result(session, raw, key)
                 ctx = self._context(session, raw)
                 apply_plan(ctx, make_plan(raw, ctx))
+                # The session holds clean objects only weakly: keep what the plan touched (the
+                # ticket) alive past the flush, so that _result finds it without another SELECT.
+                touched = list(session.identity_map.values())
                 session.flush()
-                return self._result(session, raw, key)
+                result = self._result(session, raw, key)
+                del touched
+                return result
         except Exception as exc:
             reason = str(exc) if isinstance(exc, StepError) else f"processing failed: {type(exc).__name__}: {exc}"
             log.warning("message %s quarantined: %s", raw_id, reason)

@@ -109,6 +109,56 @@ def store_raw(
     return raw, True
 
 
+def store_raw_many(
+    session: Session,
+    *,
+    source: str,
+    messages: Sequence[tuple[str, bytes, str | None, Sequence[str]]],
+    now: datetime,
+) -> list[RawMessage]:
+    """:func:`store_raw` for a batch of ``(source_key, data, envelope_from, envelope_to)``: one SELECT
+    for the keys already stored and one SAVEPOINT and flush for the others, instead of a SELECT, a
+    SAVEPOINT and a flush per message. Returns every message's row in order (a key given twice
+    gets one row). If another writer stores one of the keys meanwhile, the batch's SAVEPOINT is
+    rolled back and the messages are stored one by one with :func:`store_raw`."""
+    keys = list(dict.fromkeys(key for key, *_ in messages))
+    existing: dict[str, RawMessage] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        stmt = select(RawMessage).where(RawMessage.source == source, col(RawMessage.source_key).in_(chunk))
+        existing.update((raw.source_key, raw) for raw in session.exec(stmt))
+    created: dict[str, RawMessage] = {}
+    rows: list[RawMessage] = []
+    for key, data, envelope_from, envelope_to in messages:
+        raw = existing.get(key) or created.get(key)
+        if raw is None:
+            raw = created[key] = RawMessage(
+                source=source,
+                source_key=key,
+                sha256=sha256_hex(data),
+                size=len(data),
+                data=data,
+                envelope_from=envelope_from,
+                envelope_to=",".join(envelope_to) or None,
+                received_at=now,
+            )
+        rows.append(raw)
+    if not created:
+        return rows
+    try:
+        with session.begin_nested():
+            session.add_all(created.values())
+    except IntegrityError:
+        return [
+            store_raw(
+                session, source=source, source_key=key, data=data, now=now,
+                envelope_from=envelope_from, envelope_to=envelope_to,
+            )[0]
+            for key, data, envelope_from, envelope_to in messages
+        ]
+    return rows
+
+
 def raw_by_source_key(session: Session, source: str, source_key: str) -> RawMessage | None:
     stmt = select(RawMessage).where(RawMessage.source == source, RawMessage.source_key == source_key)
     return session.exec(stmt).first()
@@ -150,8 +200,12 @@ def pending_raw_ids(session: Session, limit: int = 1000) -> list[int]:
 
 
 def contact_by_address(session: Session, address: str) -> Contact | None:
-    link = session.get(ContactAddress, address.lower())
-    return None if link is None else session.get(Contact, link.contact_id)
+    stmt = (
+        select(Contact)
+        .join(ContactAddress, col(ContactAddress.contact_id) == col(Contact.id))
+        .where(ContactAddress.address == address.lower())
+    )
+    return session.exec(stmt).first()
 
 
 def organisation_for_domain(session: Session, domain: str) -> Organisation | None:
@@ -212,13 +266,15 @@ def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> tuple
     """The ticket holding the first of ``message_ids`` that we know, with that id."""
     if not message_ids:
         return None
-    stmt = select(Item.message_id, Item.ticket_id).where(col(Item.message_id).in_(message_ids))
-    hits = {mid: tid for mid, tid in session.exec(stmt).all()}
+    stmt = (
+        select(Item.message_id, Ticket)
+        .join(Ticket, col(Ticket.id) == col(Item.ticket_id))
+        .where(col(Item.message_id).in_(message_ids))
+    )
+    hits = {mid: ticket for mid, ticket in session.exec(stmt).all()}
     for mid in message_ids:
         if mid in hits:
-            ticket = session.get(Ticket, hits[mid])
-            if ticket is not None:
-                return ticket, mid
+            return hits[mid], mid
     return None
 
 

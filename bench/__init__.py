@@ -1,0 +1,1 @@
+"""Benchmarks that print figures; run by hand (``python -m bench.ingest``), never collected by pytest."""
