@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from helpdesk import config as config_mod
 from helpdesk.config import Config, ConfigError
+from helpdesk.store import queries
 from helpdesk.store.db import make_engine, transaction
 from helpdesk.store.migrate import upgrade
 from helpdesk.store.models import Item, RawMessage, RawState, Ticket
@@ -189,7 +190,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         if action == "show":
             _print_json(_raw_summary(session, raw))
             return 0
-        data = raw.data
+        data = queries.raw_bytes(session, args.id)
     if action == "export":
         target = Path(args.output or f"quarantine-{args.id}.eml")
         target.write_bytes(data)

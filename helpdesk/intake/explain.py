@@ -16,7 +16,7 @@ def explain(session: Session, config: Config, data: bytes, mailbox: str | None =
     now = utcnow()
     raw = RawMessage(
         id=-1, source=mailbox or "route-test", source_key="-", sha256=queries.sha256_hex(data),
-        size=len(data), data=data, received_at=now,
+        size=len(data), received_at=now,
     )
     mailbox_channel = next((c.name for c, m in config.mailboxes() if m.name == mailbox), None)
     ctx = Context(
@@ -24,7 +24,7 @@ def explain(session: Session, config: Config, data: bytes, mailbox: str | None =
         mailbox_channel=mailbox_channel,
     )
     try:
-        plan = make_plan(raw, ctx)
+        plan = make_plan(raw, data, ctx)
     except StepError as exc:
         return [f"would quarantine: {exc}"]
     mail = plan.mail

@@ -61,6 +61,7 @@ class Context:
 @dataclass
 class Plan:
     raw: RawMessage
+    data: bytes
     mail: ParsedMail | None = None
     classification: Classification | None = None
     sender: str = ""
@@ -97,7 +98,7 @@ Step = Callable[[Plan, Context], bool]
 
 
 def parse_step(plan: Plan, ctx: Context) -> bool:
-    plan.mail = parse_message(plan.raw.data)
+    plan.mail = parse_message(plan.data)
     if plan.mail.defects:
         plan.notes.append("parse defects: " + "; ".join(plan.mail.defects[:5]))
     return False
@@ -296,9 +297,9 @@ class StepError(Exception):
         super().__init__(f"{step} failed: {type(cause).__name__}: {cause}")
 
 
-def make_plan(raw: RawMessage, ctx: Context) -> Plan:
+def make_plan(raw: RawMessage, data: bytes, ctx: Context) -> Plan:
     """Run the steps until one settles the plan."""
-    plan = Plan(raw=raw)
+    plan = Plan(raw=raw, data=data)
     for name, step in STEPS:
         try:
             if step(plan, ctx):

@@ -114,7 +114,6 @@ class RawMessage(SQLModel, table=True):
     message_id: str | None = Field(default=None, index=True)
     fingerprint: str | None = Field(default=None, index=True)
     size: int = 0
-    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     envelope_from: str | None = None
     envelope_to: str | None = None
     received_at: datetime = Field(sa_type=UTCDateTime)
@@ -126,6 +125,14 @@ class RawMessage(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
     processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RawData(SQLModel, table=True):
+    """The bytes of a raw message, apart from its bookkeeping row (which changes; these never do)."""
+
+    __tablename__ = "raw_message_data"
+    raw_message_id: int = Field(primary_key=True, foreign_key="raw_message.id")
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Item(SQLModel, table=True):

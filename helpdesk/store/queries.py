@@ -21,6 +21,7 @@ from helpdesk.store.models import (
     Item,
     Organisation,
     OrganisationDomain,
+    RawData,
     RawMessage,
     RawState,
     Ticket,
@@ -74,6 +75,9 @@ def channel_ids(session: Session) -> dict[str, int]:
 # --- raw messages ----------------------------------------------------------------------------
 
 
+RawInput = tuple[str, bytes, str | None, Sequence[str]]  # (source_key, data, envelope_from, envelope_to)
+
+
 def store_raw(
     session: Session,
     *,
@@ -88,75 +92,61 @@ def store_raw(
     existing = raw_by_source_key(session, source, source_key)
     if existing is not None:
         return existing, False
-    raw = RawMessage(
-        source=source,
-        source_key=source_key,
-        sha256=sha256_hex(data),
-        size=len(data),
-        data=data,
-        envelope_from=envelope_from,
-        envelope_to=",".join(envelope_to) or None,
-        received_at=now,
-    )
-    try:
-        with session.begin_nested():
-            session.add(raw)
-    except IntegrityError:
-        found = raw_by_source_key(session, source, source_key)
-        if found is None:
-            raise
-        return found, False
-    return raw, True
+    return store_raw_many(session, source=source, messages=[(source_key, data, envelope_from, envelope_to)],
+                          now=now)[0], True
 
 
-def store_raw_many(
-    session: Session,
-    *,
-    source: str,
-    messages: Sequence[tuple[str, bytes, str | None, Sequence[str]]],
-    now: datetime,
-) -> list[RawMessage]:
-    """:func:`store_raw` for a batch of ``(source_key, data, envelope_from, envelope_to)``: one SELECT
-    for the keys already stored and one SAVEPOINT and flush for the others, instead of a SELECT, a
-    SAVEPOINT and a flush per message. Returns every message's row in order (a key given twice
-    gets one row). If another writer stores one of the keys meanwhile, the batch's SAVEPOINT is
-    rolled back and the messages are stored one by one with :func:`store_raw`."""
+def store_raw_many(session: Session, *, source: str, messages: Sequence[RawInput], now: datetime) -> list[RawMessage]:
+    """Keep the original bytes of a batch, idempotent on (source, source_key): one SELECT for the
+    keys already stored and one SAVEPOINT for the others. Returns every message's row in order (a
+    key given twice gets one row). If another writer stores one of the keys meanwhile, the
+    SAVEPOINT is rolled back and the messages are stored one by one."""
     keys = list(dict.fromkeys(key for key, *_ in messages))
     existing: dict[str, RawMessage] = {}
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         stmt = select(RawMessage).where(RawMessage.source == source, col(RawMessage.source_key).in_(chunk))
         existing.update((raw.source_key, raw) for raw in session.exec(stmt))
-    created: dict[str, RawMessage] = {}
+    created: dict[str, tuple[RawMessage, bytes]] = {}
     rows: list[RawMessage] = []
     for key, data, envelope_from, envelope_to in messages:
-        raw = existing.get(key) or created.get(key)
+        raw = existing.get(key) or (created[key][0] if key in created else None)
         if raw is None:
-            raw = created[key] = RawMessage(
+            raw = RawMessage(
                 source=source,
                 source_key=key,
                 sha256=sha256_hex(data),
                 size=len(data),
-                data=data,
                 envelope_from=envelope_from,
                 envelope_to=",".join(envelope_to) or None,
                 received_at=now,
             )
+            created[key] = (raw, data)
         rows.append(raw)
     if not created:
         return rows
     try:
         with session.begin_nested():
-            session.add_all(created.values())
+            session.add_all(raw for raw, _data in created.values())
+            session.flush()
+            for raw, data in created.values():
+                assert raw.id is not None
+                session.add(RawData(raw_message_id=raw.id, data=data))
     except IntegrityError:
-        return [
-            store_raw(
-                session, source=source, source_key=key, data=data, now=now,
-                envelope_from=envelope_from, envelope_to=envelope_to,
-            )[0]
-            for key, data, envelope_from, envelope_to in messages
-        ]
+        if len(messages) == 1:
+            found = raw_by_source_key(session, source, messages[0][0])
+            if found is None:
+                raise
+            return [found]
+        return [store_raw_many(session, source=source, messages=[m], now=now)[0] for m in messages]
     return rows
+
+
+def raw_bytes(session: Session, raw_id: int) -> bytes:
+    row = session.get(RawData, raw_id)
+    if row is None:
+        raise LookupError(f"the bytes of raw message {raw_id} are missing")
+    return row.data
 
 
 def raw_by_source_key(session: Session, source: str, source_key: str) -> RawMessage | None:
