@@ -200,6 +200,7 @@ def apply_plan(ctx: Context, plan: Plan) -> Outcome:
             _bounce(ctx, plan)
         case Action.DUPLICATE | Action.IGNORE | Action.QUARANTINE:
             pass
+    plan.ticket = ticket
     outcome = _OUTCOMES[plan.action]
     raw.message_id = plan.mail.message_id if plan.mail else None
     raw.fingerprint = plan.fingerprint

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlmodel import Session, col, select
 
 from helpdesk.config import Config
 from helpdesk.intake.apply import apply_plan
@@ -83,8 +84,9 @@ class Intake:
         return stored
 
     def ingest(self, source: str, messages: Sequence[Incoming]) -> list[Result]:
-        """Store a batch raw, then process each message; the results say what may be acknowledged."""
-        return [self.process(raw_id, key=m.key) for m, raw_id in self.store(source, messages)]
+        """Store a batch raw, then process it; the results say what may be acknowledged."""
+        stored = self.store(source, messages)
+        return self.process_many([(raw_id, m.key, m.data) for m, raw_id in stored])
 
     def _context(self, session: Session, raw: RawMessage) -> Context:
         return Context(
@@ -96,42 +98,76 @@ class Intake:
         )
 
     def process(self, raw_id: int, key: str = "") -> Result:
-        """Process one stored message in its own transaction; quarantine it if anything fails."""
-        try:
-            with transaction(self.engine) as session:
-                raw = session.get(RawMessage, raw_id, with_for_update=True)
+        """Process one stored message; quarantine it if anything in the pipeline fails."""
+        return self.process_many([(raw_id, key, None)])[0]
+
+    def process_many(self, batch: Sequence[tuple[int, str, bytes | None]]) -> list[Result]:
+        """Process stored messages in one transaction, each inside a SAVEPOINT of its own: a message
+        that fails is rolled back alone and quarantined with its reason; one commit for the batch.
+
+        The database failing (connection lost, locked) is not the message's fault: the whole batch
+        is rolled back, stays pending, and the error propagates so that the caller retries later.
+        """
+        if not batch:
+            return []
+        with transaction(self.engine) as session:
+            ids = [raw_id for raw_id, _key, _data in batch]
+            stmt = select(RawMessage).where(col(RawMessage.id).in_(ids)).with_for_update()
+            raws = {raw.id: raw for raw in session.exec(stmt)}
+            keep: list[object] = []  # the session holds clean objects weakly; results need them
+            results = []
+            for raw_id, key, data in batch:
+                raw = raws.get(raw_id)
                 if raw is None:
                     raise LookupError(f"raw message {raw_id} does not exist")
-                if raw.state != RawState.PENDING:
-                    return self._result(session, raw, key)
+                results.append(self._process_one(session, raw, key, data, keep))
+            return results
+
+    def _process_one(
+        self, session: Session, raw: RawMessage, key: str, data: bytes | None, keep: list[object]
+    ) -> Result:
+        assert raw.id is not None
+        raw_id = raw.id
+        if raw.state != RawState.PENDING:
+            return self._result(session, raw, key)
+        try:
+            with session.begin_nested():
                 ctx = self._context(session, raw)
-                apply_plan(ctx, make_plan(raw, ctx))
-                # The session holds clean objects only weakly: keep what the plan touched (the
-                # ticket) alive past the flush, so that _result finds it without another SELECT.
-                touched = list(session.identity_map.values())
+                plan = make_plan(raw, data if data is not None else queries.raw_bytes(session, raw_id), ctx)
+                apply_plan(ctx, plan)
                 session.flush()
-                result = self._result(session, raw, key)
-                del touched
-                return result
+        except (OperationalError, InterfaceError):
+            raise
         except Exception as exc:
             reason = str(exc) if isinstance(exc, StepError) else f"processing failed: {type(exc).__name__}: {exc}"
             log.warning("message %s quarantined: %s", raw_id, reason)
             log.debug("%s", traceback.format_exc())
-            return self.quarantine(raw_id, reason, key)
+            return self._quarantine_in(session, raw_id, reason, key)
+        keep.append(plan.ticket)
+        number = plan.ticket.number if plan.ticket is not None else None
+        return Result(
+            key=key or raw.source_key, raw_id=raw_id, state=RawState(raw.state),
+            outcome=Outcome(raw.outcome) if raw.outcome else None, ticket_number=number, error=raw.error,
+        )
+
+    def _quarantine_in(self, session: Session, raw_id: int, reason: str, key: str) -> Result:
+        raw = session.get(RawMessage, raw_id)
+        if raw is None:
+            raise LookupError(f"raw message {raw_id} does not exist")
+        raw.state = RawState.QUARANTINED
+        raw.outcome = Outcome.QUARANTINED
+        raw.ticket_id = None
+        raw.error = reason[:4000]
+        raw.attempts += 1
+        raw.processed_at = self.clock()
+        session.add(raw)
+        session.flush()
+        return self._result(session, raw, key)
 
     def quarantine(self, raw_id: int, reason: str, key: str = "") -> Result:
+        """Put a stored message into quarantine with ``reason`` (its own transaction)."""
         with transaction(self.engine) as session:
-            raw = session.get(RawMessage, raw_id)
-            if raw is None:
-                raise LookupError(f"raw message {raw_id} does not exist")
-            raw.state = RawState.QUARANTINED
-            raw.outcome = Outcome.QUARANTINED
-            raw.error = reason[:4000]
-            raw.attempts += 1
-            raw.processed_at = self.clock()
-            session.add(raw)
-            session.flush()
-            return self._result(session, raw, key)
+            return self._quarantine_in(session, raw_id, reason, key)
 
     @staticmethod
     def _result(session: Session, raw: RawMessage, key: str) -> Result:
@@ -157,7 +193,7 @@ class Intake:
                 ids = queries.pending_raw_ids(session, limit=500)
             if not ids:
                 return results
-            results.extend(self.process(raw_id) for raw_id in ids)
+            results.extend(self.process_many([(raw_id, "", None) for raw_id in ids]))
 
     def retry(self, raw_id: int) -> Result:
         """Put a quarantined message back through the pipeline (after a fix)."""
