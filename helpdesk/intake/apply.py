@@ -7,9 +7,7 @@ from helpdesk.mail.parse import Address, ParsedMail
 from helpdesk.mail.quotes import Reply, split_reply, split_reply_html
 from helpdesk.store import queries
 from helpdesk.store.models import (
-    Attachment,
     Direction,
-    Item,
     ItemKind,
     Outcome,
     RawState,
@@ -49,51 +47,50 @@ def customer_text(mail: ParsedMail) -> Reply:
 def _add_item(
     ctx: Context,
     plan: Plan,
-    ticket: Ticket,
+    ticket_id: int,
     *,
     kind: ItemKind = ItemKind.MESSAGE,
     visibility: Visibility = Visibility.CUSTOMER,
-) -> Item:
+) -> int:
     mail = plan.parsed
     reply = customer_text(mail)
-    assert ticket.id is not None
-    item = Item(
-        ticket_id=ticket.id,
-        direction=Direction.INBOUND,
-        kind=kind,
-        visibility=visibility,
-        message_id=mail.message_id,
-        in_reply_to=mail.in_reply_to[0] if mail.in_reply_to else None,
-        from_address=plan.sender or None,
-        from_name=plan.sender_name or None,
-        to_addresses=_addresses(mail.to),
-        cc_addresses=_addresses(mail.cc),
-        subject=mail.subject[:MAX_SUBJECT],
-        body_text=reply.text,
-        body_quoted=reply.quoted,
-        body_html=mail.html or None,
-        raw_message_id=plan.raw.id,
-        created_at=ctx.now,
+    item_id = queries.insert_item(
+        ctx.session,
+        {
+            "ticket_id": ticket_id,
+            "direction": Direction.INBOUND.value,
+            "kind": kind.value,
+            "visibility": visibility.value,
+            "message_id": mail.message_id,
+            "in_reply_to": mail.in_reply_to[0] if mail.in_reply_to else None,
+            "from_address": plan.sender or None,
+            "from_name": plan.sender_name or None,
+            "to_addresses": _addresses(mail.to),
+            "cc_addresses": _addresses(mail.cc),
+            "subject": mail.subject[:MAX_SUBJECT],
+            "body_text": reply.text,
+            "body_quoted": reply.quoted,
+            "body_html": mail.html or None,
+            "raw_message_id": plan.raw.id,
+            "created_at": ctx.now,
+        },
     )
-    ctx.session.add(item)
-    if mail.attachments:  # their rows need item.id; otherwise the next flush inserts the item
-        ctx.session.flush()
-        assert item.id is not None
-        for part in mail.attachments:
-            digest = queries.store_blob(ctx.session, part.payload)
-            ctx.session.add(
-                Attachment(
-                    item_id=item.id,
-                    blob_sha256=digest,
-                    filename=part.filename,
-                    content_type=part.content_type,
-                    content_id=part.content_id,
-                    disposition=part.disposition,
-                    size=len(part.payload),
-                )
-            )
-    ticket.updated_at = ctx.now
-    return item
+    queries.insert_attachments(
+        ctx.session,
+        [
+            {
+                "item_id": item_id,
+                "blob_sha256": queries.store_blob(ctx.session, part.payload),
+                "filename": part.filename,
+                "content_type": part.content_type,
+                "content_id": part.content_id,
+                "disposition": part.disposition,
+                "size": len(part.payload),
+            }
+            for part in mail.attachments
+        ],
+    )
+    return item_id
 
 
 def _ensure_contact(ctx: Context, plan: Plan) -> None:
@@ -110,43 +107,44 @@ def _ensure_contact(ctx: Context, plan: Plan) -> None:
     )
 
 
-def _open_ticket(ctx: Context, plan: Plan) -> Ticket:
+def _open_ticket(ctx: Context, plan: Plan) -> tuple[int, str]:
     assert plan.channel is not None
     _ensure_contact(ctx, plan)
     channel_id = ctx.channel_ids[plan.channel.name]
-    number = queries.next_ticket_number(ctx.session, channel_id)
+    number = f"{plan.channel.prefix}-{queries.next_ticket_number(ctx.session, channel_id)}"
     linked = plan.ticket if plan.action is Action.NEW_LINKED else None
-    ticket = Ticket(
-        number=f"{plan.channel.prefix}-{number}",
-        channel_id=channel_id,
-        subject=plan.parsed.subject[:MAX_SUBJECT],
-        status="new",
-        priority=plan.priority,
-        category=plan.category,
-        type=plan.type,
-        contact_id=plan.contact_id,
-        organisation_id=plan.organisation_id,
-        linked_ticket_id=linked.id if linked else None,
-        created_at=ctx.now,
-        updated_at=ctx.now,
+    ticket_id = queries.insert_ticket(
+        ctx.session,
+        {
+            "number": number,
+            "channel_id": channel_id,
+            "subject": plan.parsed.subject[:MAX_SUBJECT],
+            "status": "new",
+            "priority": plan.priority,
+            "category": plan.category,
+            "type": plan.type,
+            "contact_id": plan.contact_id,
+            "organisation_id": plan.organisation_id,
+            "linked_ticket_id": linked.id if linked else None,
+            "created_at": ctx.now,
+            "updated_at": ctx.now,
+        },
     )
-    ctx.session.add(ticket)
-    ctx.session.flush()
     queries.audit(
-        ctx.session, ticket_id=ticket.id, action="created", actor=f"customer:{plan.sender}", now=ctx.now,
+        ctx.session, ticket_id=ticket_id, action="created", actor=f"customer:{plan.sender}", now=ctx.now,
         field="status", new="new",
     )
     if plan.rule:
         queries.audit(
-            ctx.session, ticket_id=ticket.id, action="routed", actor=SYSTEM_ACTOR, now=ctx.now,
+            ctx.session, ticket_id=ticket_id, action="routed", actor=SYSTEM_ACTOR, now=ctx.now,
             field="rule", new=plan.rule,
         )
     if linked is not None:
         queries.audit(
-            ctx.session, ticket_id=ticket.id, action="linked", actor=SYSTEM_ACTOR, now=ctx.now,
+            ctx.session, ticket_id=ticket_id, action="linked", actor=SYSTEM_ACTOR, now=ctx.now,
             field="linked_ticket", new=linked.number,
         )
-    return ticket
+    return ticket_id, number
 
 
 def set_status(ctx: Context, ticket: Ticket, status: str, actor: str) -> None:
@@ -156,8 +154,14 @@ def set_status(ctx: Context, ticket: Ticket, status: str, actor: str) -> None:
         ctx.session, ticket_id=ticket.id, action="status_changed", actor=actor, now=ctx.now,
         field="status", old=ticket.status, new=status,
     )
-    ticket.status = status
-    ticket.updated_at = ctx.now
+    queries.update_row(ctx.session, ticket, status=status, updated_at=ctx.now)
+
+
+def _touch(ctx: Context, ticket: Ticket) -> int:
+    """A new item on an existing ticket: it was updated now."""
+    assert ticket.id is not None
+    queries.update_row(ctx.session, ticket, updated_at=ctx.now)
+    return ticket.id
 
 
 def _bounce(ctx: Context, plan: Plan) -> None:
@@ -167,7 +171,7 @@ def _bounce(ctx: Context, plan: Plan) -> None:
         if queries.flag_bouncing(ctx.session, address, bounce.diagnostic, bounce.permanent, ctx.now):
             plan.notes.append(f"flagged contact address {address} as bouncing")
     if plan.ticket is not None:
-        _add_item(ctx, plan, plan.ticket, kind=ItemKind.BOUNCE, visibility=Visibility.INTERNAL)
+        _add_item(ctx, plan, _touch(ctx, plan.ticket), kind=ItemKind.BOUNCE, visibility=Visibility.INTERNAL)
         queries.audit(
             ctx.session, ticket_id=plan.ticket.id, action="bounce", actor=SYSTEM_ACTOR, now=ctx.now,
             field="recipient", new=", ".join(bounce.recipients) or None,
@@ -175,45 +179,47 @@ def _bounce(ctx: Context, plan: Plan) -> None:
 
 
 def apply_plan(ctx: Context, plan: Plan) -> Outcome:
-    """Write what the plan says; mark the raw message processed (or quarantined)."""
+    """Write what the plan says; mark the raw message processed (or quarantined).
+
+    Afterwards ``plan.ticket_id`` and ``plan.ticket_number`` name the ticket the mail ended in."""
     assert plan.action is not None
-    raw = plan.raw
     ticket = plan.ticket
     actor = f"customer:{plan.sender}"
+    ticket_id, number = (ticket.id, ticket.number) if ticket is not None else (None, None)
     match plan.action:
         case Action.NEW_TICKET | Action.NEW_LINKED:
-            ticket = _open_ticket(ctx, plan)
-            _add_item(ctx, plan, ticket)
+            ticket_id, number = _open_ticket(ctx, plan)
+            _add_item(ctx, plan, ticket_id)
         case Action.FOLLOW_UP:
             assert ticket is not None
-            _add_item(ctx, plan, ticket)
+            _add_item(ctx, plan, _touch(ctx, ticket))
             if ticket.status == "pending":
                 set_status(ctx, ticket, "open", actor)
         case Action.REOPEN:
             assert ticket is not None
-            _add_item(ctx, plan, ticket)
+            _add_item(ctx, plan, _touch(ctx, ticket))
             set_status(ctx, ticket, "open", actor)
         case Action.AUTO_REPLY:
             if ticket is not None:
-                _add_item(ctx, plan, ticket, kind=ItemKind.AUTO_REPLY, visibility=Visibility.INTERNAL)
+                _add_item(ctx, plan, _touch(ctx, ticket), kind=ItemKind.AUTO_REPLY, visibility=Visibility.INTERNAL)
         case Action.BOUNCE:
             _bounce(ctx, plan)
         case Action.DUPLICATE | Action.IGNORE | Action.QUARANTINE:
             pass
-    plan.ticket = ticket
+    plan.ticket_id, plan.ticket_number = ticket_id, number
     outcome = _OUTCOMES[plan.action]
-    raw.message_id = plan.mail.message_id if plan.mail else None
-    raw.fingerprint = plan.fingerprint
-    raw.outcome = outcome
-    raw.ticket_id = ticket.id if ticket is not None else None
-    raw.duplicate_of = plan.duplicate_of
-    raw.processed_at = ctx.now
-    raw.detail = "; ".join([plan.reason, *plan.notes])[:4000]
-    if plan.action is Action.QUARANTINE:
-        raw.state = RawState.QUARANTINED
-        raw.error = plan.reason
-    else:
-        raw.state = RawState.PROCESSED
-        raw.error = None
-    ctx.session.add(raw)
+    quarantined = plan.action is Action.QUARANTINE
+    queries.update_row(
+        ctx.session,
+        plan.raw,
+        message_id=plan.mail.message_id if plan.mail else None,
+        fingerprint=plan.fingerprint,
+        outcome=outcome.value,
+        ticket_id=ticket_id,
+        duplicate_of=plan.duplicate_of,
+        processed_at=ctx.now,
+        detail="; ".join([plan.reason, *plan.notes])[:4000],
+        state=(RawState.QUARANTINED if quarantined else RawState.PROCESSED).value,
+        error=plan.reason if quarantined else None,
+    )
     return outcome

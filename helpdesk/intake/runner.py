@@ -142,12 +142,12 @@ class Intake:
             reason = str(exc) if isinstance(exc, StepError) else f"processing failed: {type(exc).__name__}: {exc}"
             log.warning("message %s quarantined: %s", raw_id, reason)
             log.debug("%s", traceback.format_exc())
+            session.expire_all()  # rows written in plain SQL were rolled back: forget what memory holds
             return self._quarantine_in(session, raw_id, reason, key)
         keep.append(plan.ticket)
-        number = plan.ticket.number if plan.ticket is not None else None
         return Result(
             key=key or raw.source_key, raw_id=raw_id, state=RawState(raw.state),
-            outcome=Outcome(raw.outcome) if raw.outcome else None, ticket_number=number, error=raw.error,
+            outcome=Outcome(raw.outcome) if raw.outcome else None, ticket_number=plan.ticket_number, error=raw.error,
         )
 
     def _quarantine_in(self, session: Session, raw_id: int, reason: str, key: str) -> Result:

@@ -75,6 +75,8 @@ class Plan:
     category: str | None = None
     type: str | None = None
     ticket: Ticket | None = None
+    ticket_id: int | None = None
+    ticket_number: str | None = None
     thread_reason: str | None = None
     action: Action | None = None
     reason: str = ""
@@ -145,11 +147,10 @@ def identify_step(plan: Plan, ctx: Context) -> bool:
     if not plan.sender:
         plan.notes.append(NO_SENDER)
         return False
-    contact = queries.contact_by_address(ctx.session, plan.sender)
+    contact = queries.contact_ids_by_address(ctx.session, plan.sender)
     if contact is not None:
-        plan.contact_id = contact.id
-        plan.organisation_id = contact.organisation_id
-        plan.notes.append(f"sender {plan.sender} is contact #{contact.id}")
+        plan.contact_id, plan.organisation_id = contact
+        plan.notes.append(f"sender {plan.sender} is contact #{plan.contact_id}")
     else:
         org = queries.organisation_for_domain(ctx.session, plan.sender.rpartition("@")[2])
         plan.organisation_id = org.id if org else None

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, update
+from sqlalchemy import Table, bindparam, func, insert, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, SQLModel, col, select
 
 from helpdesk.config import Config
 from helpdesk.store.models import (
+    Attachment,
     AuditEvent,
     Blob,
     Channel,
@@ -26,6 +30,12 @@ from helpdesk.store.models import (
     RawState,
     Ticket,
 )
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
 
 
 def sha256_hex(data: bytes) -> str:
@@ -168,17 +178,32 @@ def known_source_keys(session: Session, source: str, keys: Iterable[str]) -> dic
     return found
 
 
-def earlier_copy(session: Session, raw: RawMessage, fingerprint: str | None) -> RawMessage | None:
-    """An already-processed inbound message with the same bytes, or another copy of the same mail
-    (same fingerprint: Message-ID, sender, date and subject) that reached us by another route."""
-    assert raw.id is not None
-    done = (RawMessage.state != RawState.PENDING, RawMessage.id != raw.id)
-    by_hash = select(RawMessage).where(RawMessage.sha256 == raw.sha256, *done).order_by(col(RawMessage.id))
-    found = session.exec(by_hash.limit(1)).first()
-    if found is None and fingerprint:
-        by_print = select(RawMessage).where(RawMessage.fingerprint == fingerprint, *done)
-        found = session.exec(by_print.order_by(col(RawMessage.id)).limit(1)).first()
-    return found
+class EarlierCopy(NamedTuple):
+    id: int
+    sha256: str
+    source: str
+    ticket_id: int | None
+
+
+_RAW = table_of(RawMessage)
+_EARLIER = (
+    sa_select(_RAW.c.id, _RAW.c.sha256, _RAW.c.source, _RAW.c.ticket_id)
+    .where(
+        or_(_RAW.c.sha256 == bindparam("sha"), _RAW.c.fingerprint == bindparam("fp")),
+        _RAW.c.state != RawState.PENDING.value,
+        _RAW.c.id != bindparam("own"),
+    )
+    .order_by((_RAW.c.sha256 != bindparam("sha2")), _RAW.c.id)
+    .limit(1)
+)
+
+
+def earlier_copy(session: Session, raw: RawMessage, fingerprint: str | None) -> EarlierCopy | None:
+    """An already-processed inbound message with the same bytes (preferred), or another copy of the
+    same mail (same fingerprint) that reached us by another route."""
+    params = {"sha": raw.sha256, "sha2": raw.sha256, "fp": fingerprint or "-", "own": raw.id}
+    row = session.connection().execute(_EARLIER, params).first()
+    return None if row is None else EarlierCopy(*row)
 
 
 def pending_raw_ids(session: Session, limit: int = 1000) -> list[int]:
@@ -187,6 +212,19 @@ def pending_raw_ids(session: Session, limit: int = 1000) -> list[int]:
 
 
 # --- contacts and organisations ---------------------------------------------------------------
+
+
+_ADDR = table_of(ContactAddress)
+_CONTACT = table_of(Contact)
+_CONTACT_IDS = sa_select(_CONTACT.c.id, _CONTACT.c.organisation_id).join(
+    _ADDR, _ADDR.c.contact_id == _CONTACT.c.id
+).where(_ADDR.c.address == bindparam("address"))
+
+
+def contact_ids_by_address(session: Session, address: str) -> tuple[int, int | None] | None:
+    """(contact id, organisation id) of the contact owning ``address``."""
+    row = session.connection().execute(_CONTACT_IDS, {"address": address.lower()}).first()
+    return None if row is None else (int(row[0]), row[1])
 
 
 def contact_by_address(session: Session, address: str) -> Contact | None:
@@ -252,20 +290,27 @@ def ticket_by_number(session: Session, number: str) -> Ticket | None:
     return session.exec(select(Ticket).where(Ticket.number == number)).first()
 
 
+_ITEM = table_of(Item)
+_THREAD_HITS = sa_select(_ITEM.c.message_id, _ITEM.c.ticket_id).where(
+    _ITEM.c.message_id.in_(bindparam("ids", expanding=True))
+)
+
+
 def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> tuple[Ticket, str] | None:
     """The ticket holding the first of ``message_ids`` that we know, with that id."""
     if not message_ids:
         return None
-    stmt = (
-        select(Item.message_id, Ticket)
-        .join(Ticket, col(Ticket.id) == col(Item.ticket_id))
-        .where(col(Item.message_id).in_(message_ids))
-    )
-    hits = {mid: ticket for mid, ticket in session.exec(stmt).all()}
+    rows = session.connection().execute(_THREAD_HITS, {"ids": list(message_ids)}).all()
+    hits = {mid: ticket_id for mid, ticket_id in rows}
     for mid in message_ids:
         if mid in hits:
-            return hits[mid], mid
+            ticket = session.get(Ticket, hits[mid])
+            if ticket is not None:
+                return ticket, mid
     return None
+
+
+_INSERT_AUDIT = insert(table_of(AuditEvent))
 
 
 def audit(
@@ -279,17 +324,48 @@ def audit(
     old: object = None,
     new: object = None,
 ) -> None:
-    session.add(
-        AuditEvent(
-            ticket_id=ticket_id,
-            action=action,
-            field=field,
-            old_value=None if old is None else str(old),
-            new_value=None if new is None else str(new),
-            actor=actor,
-            at=now,
-        )
+    """Record a change; audit rows are only ever inserted."""
+    session.connection().execute(
+        _INSERT_AUDIT,
+        {
+            "ticket_id": ticket_id,
+            "action": action,
+            "field": field,
+            "old_value": None if old is None else str(old),
+            "new_value": None if new is None else str(new),
+            "actor": actor,
+            "at": now,
+        },
     )
+
+
+# Plain inserts and updates for the intake's hot path: no ORM unit of work per row.
+_TICKET = table_of(Ticket)
+_INSERT_TICKET = insert(_TICKET).returning(_TICKET.c.id)
+_INSERT_ITEM = insert(_ITEM).returning(_ITEM.c.id)
+_INSERT_ATTACHMENT = insert(table_of(Attachment))
+
+
+def insert_ticket(session: Session, values: dict[str, Any]) -> int:
+    return int(session.connection().execute(_INSERT_TICKET, values).scalar_one())
+
+
+def insert_item(session: Session, values: dict[str, Any]) -> int:
+    return int(session.connection().execute(_INSERT_ITEM, values).scalar_one())
+
+
+def insert_attachments(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.connection().execute(_INSERT_ATTACHMENT, rows)
+
+
+def update_row(session: Session, obj: SQLModel, **values: Any) -> None:
+    """UPDATE one loaded row in SQL and in memory, without making the object dirty."""
+    table = table_of(type(obj))
+    key = table.c.id
+    session.connection().execute(update(table).where(key == getattr(obj, "id")).values(**values))  # noqa: B009
+    for name, value in values.items():
+        set_committed_value(obj, name, value)
 
 
 def store_blob(session: Session, data: bytes) -> str:
