@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, func, insert, or_, update
+from sqlalchemy import Table, Update, bindparam, func, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
@@ -275,15 +276,18 @@ def flag_bouncing(session: Session, address: str, reason: str | None, permanent:
 # --- tickets and items ------------------------------------------------------------------------
 
 
+_CHANNEL = table_of(Channel)
+_NEXT_NUMBER = (
+    update(_CHANNEL)
+    .where(_CHANNEL.c.id == bindparam("channel_id"))
+    .values(last_number=_CHANNEL.c.last_number + 1)
+    .returning(_CHANNEL.c.last_number)
+)
+
+
 def next_ticket_number(session: Session, channel_id: int) -> int:
     """Allocate the channel's next number; the row lock serialises concurrent daemons."""
-    stmt = (
-        update(Channel)
-        .where(col(Channel.id) == channel_id)
-        .values(last_number=col(Channel.last_number) + 1)
-        .returning(col(Channel.last_number))
-    )
-    return int(session.exec(stmt).scalar_one())
+    return int(session.connection().execute(_NEXT_NUMBER, {"channel_id": channel_id}).scalar_one())
 
 
 def ticket_by_number(session: Session, number: str) -> Ticket | None:
@@ -359,11 +363,17 @@ def insert_attachments(session: Session, rows: list[dict[str, Any]]) -> None:
         session.connection().execute(_INSERT_ATTACHMENT, rows)
 
 
+@functools.cache
+def _update_statement(table: Table, names: tuple[str, ...]) -> Update:
+    return update(table).where(table.c.id == bindparam("row_id")).values({n: bindparam(f"v_{n}") for n in names})
+
+
 def update_row(session: Session, obj: SQLModel, **values: Any) -> None:
     """UPDATE one loaded row in SQL and in memory, without making the object dirty."""
-    table = table_of(type(obj))
-    key = table.c.id
-    session.connection().execute(update(table).where(key == getattr(obj, "id")).values(**values))  # noqa: B009
+    statement = _update_statement(table_of(type(obj)), tuple(sorted(values)))
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["row_id"] = getattr(obj, "id")  # noqa: B009
+    session.connection().execute(statement, params)
     for name, value in values.items():
         set_committed_value(obj, name, value)
 
