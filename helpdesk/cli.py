@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"imported {fetched} message(s) from {len(summary.reports)} mailbox(es)")
         for name, error in summary.errors.items():
             print(f"mailbox {name}: {error}", file=sys.stderr)
-        daemon.engine.dispose()
+        daemon.close()
         return 1 if summary.errors else 0
     daemon.run_forever(lambda: _load(args))
     return 0

@@ -235,6 +235,8 @@ class Config(_Model):
     own_addresses: list[str] = Field(default_factory=list)
     listener: ListenerConfig = Field(default_factory=ListenerConfig)
     default_channel: str | None = None
+    # Extra processes that parse and classify large fetched batches (0: all in the main process).
+    parse_workers: int = Field(default=1, ge=0, le=16)
     channels: list[ChannelConfig] = Field(min_length=1)
     organisations: list[OrganisationConfig] = Field(default_factory=list)
 

@@ -179,6 +179,11 @@ class Daemon:
         sd_notify("STOPPING=1")
         self.stop_event.set()
         self._stop_workers()
+        self.close()
+
+    def close(self) -> None:
+        """Release the parse workers and the database connections."""
+        self.intake.close()
         self.engine.dispose()
 
     def reload(self, loader: Callable[[], Config]) -> bool:
@@ -194,6 +199,7 @@ class Daemon:
             log.warning("database_url changed: that takes effect only after a restart")
             config = config.model_copy(update={"database_url": self.config.database_url})
         self._stop_workers()
+        self.intake.close()
         self.config = config
         self.intake = Intake(self.engine, config, self.clock)
         self._start_workers()

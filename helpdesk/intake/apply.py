@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from helpdesk.intake.prepare import customer_text
 from helpdesk.intake.steps import Action, Context, Plan
-from helpdesk.mail.parse import Address, ParsedMail
-from helpdesk.mail.quotes import Reply, split_reply, split_reply_html
+from helpdesk.mail.parse import Address
 from helpdesk.store import queries
 from helpdesk.store.models import (
     Direction,
@@ -35,15 +35,6 @@ def _addresses(addresses: tuple[Address, ...]) -> str | None:
     return ", ".join(a.email for a in addresses if a.email) or None
 
 
-def customer_text(mail: ParsedMail) -> Reply:
-    """The sender's new text and the quoted history, from the plain part or else the HTML part."""
-    if mail.text.strip():
-        return split_reply(mail.text)
-    if mail.html.strip():
-        return split_reply_html(mail.html)
-    return Reply(text="", quoted="")
-
-
 def _add_item(
     ctx: Context,
     plan: Plan,
@@ -53,7 +44,7 @@ def _add_item(
     visibility: Visibility = Visibility.CUSTOMER,
 ) -> int:
     mail = plan.parsed
-    reply = customer_text(mail)
+    reply = plan.prepared.reply if plan.prepared is not None else customer_text(mail)
     item_id = queries.insert_item(
         ctx.session,
         {

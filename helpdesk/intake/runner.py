@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from helpdesk.config import Config
 from helpdesk.intake.apply import apply_plan
+from helpdesk.intake.prepare import Prepared, Preparer
 from helpdesk.intake.steps import Context, StepError, make_plan
 from helpdesk.store import queries
 from helpdesk.store.db import transaction
@@ -65,6 +66,11 @@ class Intake:
             queries.sync_config(session, config, clock())
             self.channel_ids = queries.channel_ids(session)
         self._mailbox_channels = {box.name: ch.name for ch, box in config.mailboxes()}
+        self.preparer = Preparer(frozenset(config.all_own_addresses()), config.parse_workers)
+
+    def close(self) -> None:
+        """Stop the parse workers, if any were started."""
+        self.preparer.close()
 
     def store(self, source: str, messages: Sequence[Incoming]) -> list[tuple[Incoming, int]]:
         """Commit the raw bytes of a batch in one transaction; returns each message's raw id."""
@@ -110,21 +116,30 @@ class Intake:
         """
         if not batch:
             return []
+        with_data = [data for _id, _key, data in batch if data is not None]
+        prepared_iter = iter(self.preparer.prepare_many(with_data))
+        prepared = [next(prepared_iter) if data is not None else None for _id, _key, data in batch]
         with transaction(self.engine) as session:
             ids = [raw_id for raw_id, _key, _data in batch]
             stmt = select(RawMessage).where(col(RawMessage.id).in_(ids)).with_for_update()
             raws = {raw.id: raw for raw in session.exec(stmt)}
             keep: list[object] = []  # the session holds clean objects weakly; results need them
             results = []
-            for raw_id, key, data in batch:
+            for (raw_id, key, data), ready in zip(batch, prepared, strict=True):
                 raw = raws.get(raw_id)
                 if raw is None:
                     raise LookupError(f"raw message {raw_id} does not exist")
-                results.append(self._process_one(session, raw, key, data, keep))
+                results.append(self._process_one(session, raw, key, data, ready, keep))
             return results
 
     def _process_one(
-        self, session: Session, raw: RawMessage, key: str, data: bytes | None, keep: list[object]
+        self,
+        session: Session,
+        raw: RawMessage,
+        key: str,
+        data: bytes | None,
+        prepared: Prepared | None,
+        keep: list[object],
     ) -> Result:
         assert raw.id is not None
         raw_id = raw.id
@@ -133,7 +148,9 @@ class Intake:
         try:
             with session.begin_nested():
                 ctx = self._context(session, raw)
-                plan = make_plan(raw, data if data is not None else queries.raw_bytes(session, raw_id), ctx)
+                plan = make_plan(
+                    raw, data if data is not None else queries.raw_bytes(session, raw_id), ctx, prepared
+                )
                 apply_plan(ctx, plan)
                 session.flush()
         except (OperationalError, InterfaceError):

@@ -15,6 +15,7 @@ from enum import StrEnum
 from sqlmodel import Session
 
 from helpdesk.config import ChannelConfig, Config, RuleConfig, UnknownSenders
+from helpdesk.intake.prepare import Prepared
 from helpdesk.mail.classify import Classification, Kind, classify
 from helpdesk.mail.parse import ParsedMail, parse_message
 from helpdesk.mail.threading import candidate_recipients, fingerprint, reference_chain, tagged_numbers
@@ -62,6 +63,7 @@ class Context:
 class Plan:
     raw: RawMessage
     data: bytes
+    prepared: Prepared | None = None
     mail: ParsedMail | None = None
     classification: Classification | None = None
     sender: str = ""
@@ -100,14 +102,14 @@ Step = Callable[[Plan, Context], bool]
 
 
 def parse_step(plan: Plan, ctx: Context) -> bool:
-    plan.mail = parse_message(plan.data)
+    plan.mail = plan.prepared.mail if plan.prepared is not None else parse_message(plan.data)
     if plan.mail.defects:
         plan.notes.append("parse defects: " + "; ".join(plan.mail.defects[:5]))
     return False
 
 
 def duplicate_step(plan: Plan, ctx: Context) -> bool:
-    plan.fingerprint = fingerprint(plan.parsed)
+    plan.fingerprint = plan.prepared.fingerprint if plan.prepared is not None else fingerprint(plan.parsed)
     earlier = queries.earlier_copy(ctx.session, plan.raw, plan.fingerprint)
     if earlier is None:
         return False
@@ -119,7 +121,10 @@ def duplicate_step(plan: Plan, ctx: Context) -> bool:
 
 def classify_step(plan: Plan, ctx: Context) -> bool:
     mail = plan.parsed
-    plan.classification = result = classify(mail, ctx.config.all_own_addresses())
+    if plan.prepared is not None:
+        plan.classification = result = plan.prepared.classification
+    else:
+        plan.classification = result = classify(mail, ctx.config.all_own_addresses())
     plan.sender, plan.sender_name, where = sender_of(mail, plan.raw.envelope_from)
     if plan.sender and where != "From":
         plan.notes.append(f"no usable From header; sender taken from {where}")
@@ -298,9 +303,9 @@ class StepError(Exception):
         super().__init__(f"{step} failed: {type(cause).__name__}: {cause}")
 
 
-def make_plan(raw: RawMessage, data: bytes, ctx: Context) -> Plan:
-    """Run the steps until one settles the plan."""
-    plan = Plan(raw=raw, data=data)
+def make_plan(raw: RawMessage, data: bytes, ctx: Context, prepared: Prepared | None = None) -> Plan:
+    """Run the steps until one settles the plan (``prepared``: parse and classification done already)."""
+    plan = Plan(raw=raw, data=data, prepared=prepared)
     for name, step in STEPS:
         try:
             if step(plan, ctx):

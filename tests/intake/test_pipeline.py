@@ -324,3 +324,30 @@ def test_audit_events_are_immutable(intake: Intake, engine: Engine) -> None:
         conn.execute(text("UPDATE audit_event SET new_value = 'x'"))
     with engine.connect() as conn, pytest.raises(Exception, match="immutable"):
         conn.execute(text("DELETE FROM audit_event"))
+
+
+def test_large_batches_parsed_in_a_worker_process_give_the_same_outcomes(
+    engine: Engine, config: Any, clock: Clock
+) -> None:
+    from helpdesk.intake.prepare import MIN_BATCH_FOR_WORKERS
+
+    def batch(tag: str) -> list[Incoming]:
+        mails = [make_mail(message_id=f"{tag}-{i}@acme.example", subject=f"{tag} {i}") for i in range(36)]
+        mails.append(make_mail(message_id=f"{tag}-ooo@acme.example", headers={"Auto-Submitted": "auto-replied"}))
+        mails.append(make_dsn(failed="alice@acme.example", original_message_id=f"{tag}-0@acme.example"))
+        mails.append(make_mail(message_id=f"{tag}-re@acme.example", in_reply_to=f"{tag}-1@acme.example"))
+        return [Incoming(key=f"{tag}{i}", data=m) for i, m in enumerate(mails)]
+
+    outcomes = {}
+    for workers in (0, 1):
+        intake = Intake(engine, config.model_copy(update={"parse_workers": workers}), clock)
+        try:
+            messages = batch(f"w{workers}")
+            assert len(messages) >= MIN_BATCH_FOR_WORKERS
+            outcomes[workers] = [r.outcome for r in intake.ingest("lmtp", messages)]
+            if workers:
+                assert intake.preparer._pool is not None  # the worker really ran
+        finally:
+            intake.close()
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][-3:] == [Outcome.AUTO_REPLY, Outcome.BOUNCE, Outcome.FOLLOW_UP]
