@@ -979,7 +979,7 @@ def instrument(timer: StageTimer) -> None:
     import sqlmodel
 
     from helpdesk.daemon import Daemon
-    from helpdesk.intake import apply, runner, steps
+    from helpdesk.intake import prepare, runner
     from helpdesk.mail import classify
     from helpdesk.mailboxes.imap import ImapMailbox
     from helpdesk.store import queries
@@ -992,17 +992,17 @@ def instrument(timer: StageTimer) -> None:
     timer.patch(runner.Intake, "store", "raw store: RawMessage rows (Python side)")
     timer.patch(runner.Intake, "process", "process(): session/transaction, _result")
     timer.patch(runner, "make_plan", "steps: glue, route, rules, decide")
-    timer.patch(steps, "parse_message", "parse (helpdesk.mail.parse)")
+    timer.patch(prepare, "parse_message", "parse (helpdesk.mail.parse)")
     timer.patch(classify, "detect_bounce", "bounce detection (helpdesk.mail.bounce)")
-    if hasattr(steps, "fingerprint"):
-        timer.patch(steps, "fingerprint", "duplicate fingerprint (helpdesk.mail.threading)")
-    timer.patch(steps, "classify", "classify: auto-reply headers/subject")
-    timer.patch(apply, "split_reply", "quote splitting (helpdesk.mail.quotes)")
-    timer.patch(apply, "split_reply_html", "quote splitting (helpdesk.mail.quotes)")
+    timer.patch(prepare, "fingerprint", "duplicate fingerprint (helpdesk.mail.threading)")
+    timer.patch(prepare, "classify", "classify: auto-reply headers/subject")
+    timer.patch(prepare, "split_reply", "quote splitting (helpdesk.mail.quotes)")
+    timer.patch(prepare, "split_reply_html", "quote splitting (helpdesk.mail.quotes)")
     timer.patch(runner, "apply_plan", "apply: Ticket/Item/Audit objects")
-    for name in ("store_raw", "store_raw_many", "earlier_copy", "contact_by_address", "organisation_for_domain",
+    for name in ("store_raw", "store_raw_many", "earlier_copy", "contact_ids_by_address", "organisation_for_domain",
                  "ticket_by_number", "ticket_by_message_ids", "next_ticket_number", "create_contact",
-                 "store_blob", "known_source_keys", "channel_ids"):
+                 "store_blob", "known_source_keys", "channel_ids", "insert_item", "insert_ticket", "update_row",
+                 "audit", "insert_attachments"):
         if hasattr(queries, name):
             timer.patch(queries, name, f"query: {name}")
     timer.patch(sqlalchemy.orm.Session, "flush", "ORM flush (INSERT/UPDATE)")
@@ -1041,7 +1041,9 @@ def _in_process_daemon(server: Any, corpus: Corpus, workdir: Path, base_url: str
 
     user, _ = load_mailbox(server, corpus)
     db = Database(base_url, workdir, label)
-    daemon = Daemon(validate(config_data(server, user, corpus, db.url)))
+    data = config_data(server, user, corpus, db.url)
+    data["parse_workers"] = 0  # the profile attributes all work to this process
+    daemon = Daemon(validate(data))
     return daemon, db
 
 

@@ -77,16 +77,13 @@ class Intake:
         stored: list[tuple[Incoming, int]] = []
         now = self.clock()
         with transaction(self.engine) as session:
-            rows = queries.store_raw_many(
+            ids = queries.store_raw_many(
                 session,
                 source=source,
                 messages=[(m.key, m.data, m.envelope_from, m.envelope_to) for m in messages],
                 now=now,
             )
-            session.flush()
-            for message, raw in zip(messages, rows, strict=True):
-                assert raw.id is not None
-                stored.append((message, raw.id))
+            stored.extend(zip(messages, ids, strict=True))
         return stored
 
     def ingest(self, source: str, messages: Sequence[Incoming]) -> list[Result]:

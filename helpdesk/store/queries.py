@@ -98,59 +98,55 @@ def store_raw(
     now: datetime,
     envelope_from: str | None = None,
     envelope_to: Sequence[str] = (),
-) -> tuple[RawMessage, bool]:
-    """Keep the original bytes. Idempotent on (source, source_key): returns (row, created)."""
-    existing = raw_by_source_key(session, source, source_key)
-    if existing is not None:
-        return existing, False
+) -> int:
+    """Keep the original bytes; idempotent on (source, source_key). Returns the raw message's id."""
     return store_raw_many(session, source=source, messages=[(source_key, data, envelope_from, envelope_to)],
-                          now=now)[0], True
+                          now=now)[0]
 
 
-def store_raw_many(session: Session, *, source: str, messages: Sequence[RawInput], now: datetime) -> list[RawMessage]:
+_RAW = table_of(RawMessage)
+_RAW_IDS = sa_select(_RAW.c.source_key, _RAW.c.id).where(
+    _RAW.c.source == bindparam("source"), _RAW.c.source_key.in_(bindparam("keys", expanding=True))
+)
+_INSERT_RAW = insert(_RAW).returning(_RAW.c.id, sort_by_parameter_order=True)
+_INSERT_RAW_DATA = insert(table_of(RawData))
+
+
+def store_raw_many(session: Session, *, source: str, messages: Sequence[RawInput], now: datetime) -> list[int]:
     """Keep the original bytes of a batch, idempotent on (source, source_key): one SELECT for the
-    keys already stored and one SAVEPOINT for the others. Returns every message's row in order (a
-    key given twice gets one row). If another writer stores one of the keys meanwhile, the
-    SAVEPOINT is rolled back and the messages are stored one by one."""
+    keys already stored, then one multi-row INSERT in a SAVEPOINT for the others. Returns every
+    message's raw id in order (a key given twice gets one row). If another writer stores one of
+    the keys meanwhile, the SAVEPOINT is rolled back and the messages are stored one by one."""
+    connection = session.connection()
     keys = list(dict.fromkeys(key for key, *_ in messages))
-    existing: dict[str, RawMessage] = {}
+    ids: dict[str, int] = {}
     for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        stmt = select(RawMessage).where(RawMessage.source == source, col(RawMessage.source_key).in_(chunk))
-        existing.update((raw.source_key, raw) for raw in session.exec(stmt))
-    created: dict[str, tuple[RawMessage, bytes]] = {}
-    rows: list[RawMessage] = []
+        params = {"source": source, "keys": keys[start : start + 500]}
+        ids.update((key, int(raw_id)) for key, raw_id in connection.execute(_RAW_IDS, params))
+    fresh: dict[str, tuple[dict[str, Any], bytes]] = {}
     for key, data, envelope_from, envelope_to in messages:
-        raw = existing.get(key) or (created[key][0] if key in created else None)
-        if raw is None:
-            raw = RawMessage(
-                source=source,
-                source_key=key,
-                sha256=sha256_hex(data),
-                size=len(data),
-                envelope_from=envelope_from,
-                envelope_to=",".join(envelope_to) or None,
-                received_at=now,
-            )
-            created[key] = (raw, data)
-        rows.append(raw)
-    if not created:
-        return rows
-    try:
-        with session.begin_nested():
-            session.add_all(raw for raw, _data in created.values())
-            session.flush()
-            for raw, data in created.values():
-                assert raw.id is not None
-                session.add(RawData(raw_message_id=raw.id, data=data))
-    except IntegrityError:
-        if len(messages) == 1:
-            found = raw_by_source_key(session, source, messages[0][0])
-            if found is None:
-                raise
-            return [found]
-        return [store_raw_many(session, source=source, messages=[m], now=now)[0] for m in messages]
-    return rows
+        if key not in ids and key not in fresh:
+            row = {
+                "source": source, "source_key": key, "sha256": sha256_hex(data), "size": len(data),
+                "envelope_from": envelope_from, "envelope_to": ",".join(envelope_to) or None,
+                "received_at": now, "state": RawState.PENDING.value, "attempts": 0,
+            }
+            fresh[key] = (row, data)
+    if fresh:
+        try:
+            with session.begin_nested():
+                new_ids = connection.execute(_INSERT_RAW, [row for row, _data in fresh.values()]).scalars().all()
+                pairs = zip(new_ids, fresh.values(), strict=True)
+                connection.execute(_INSERT_RAW_DATA, [{"raw_message_id": i, "data": data} for i, (_r, data) in pairs])
+        except IntegrityError:
+            if len(messages) == 1:
+                found = raw_by_source_key(session, source, messages[0][0])
+                if found is None or found.id is None:
+                    raise
+                return [found.id]
+            return [store_raw_many(session, source=source, messages=[m], now=now)[0] for m in messages]
+        ids.update(zip(fresh, (int(i) for i in new_ids), strict=True))
+    return [ids[key] for key, *_ in messages]
 
 
 def raw_bytes(session: Session, raw_id: int) -> bytes:
@@ -186,7 +182,6 @@ class EarlierCopy(NamedTuple):
     ticket_id: int | None
 
 
-_RAW = table_of(RawMessage)
 _EARLIER = (
     sa_select(_RAW.c.id, _RAW.c.sha256, _RAW.c.source, _RAW.c.ticket_id)
     .where(
