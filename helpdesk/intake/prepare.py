@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from email.message import Message
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Below this many messages a batch is prepared in process: shipping it is not worth it.
 MIN_BATCH_FOR_WORKERS = 32
+# Messages handed to a worker at a time.
+CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -86,24 +89,43 @@ class Preparer:
         return self._pool
 
     def prepare_many(self, datas: Sequence[bytes]) -> list[Prepared | None]:
+        return list(self.stream(datas))
+
+    def stream(self, datas: Sequence[bytes]) -> Iterator[Prepared | None]:
+        """Prepared messages in order, produced ahead of the consumer: while the caller works on
+        one chunk (database writes), the workers prepare the next ones."""
         if self.workers <= 0 or len(datas) < MIN_BATCH_FOR_WORKERS:
-            return _prepare_here(datas, self.own_addresses)
-        # Each worker and this process take an equal share; this one works while they do.
-        shares = self.workers + 1
-        size = -(-len(datas) // shares)
-        chunks = [datas[i : i + size] for i in range(0, len(datas), size)]
-        futures: list[Future[list[Prepared | None]]] = [
-            self._executor().submit(_prepare_many, chunk, self.own_addresses) for chunk in chunks[1:]
-        ]
-        out = _prepare_here(chunks[0], self.own_addresses)
-        for chunk, future in zip(chunks[1:], futures, strict=True):
+            yield from _prepare_here(datas, self.own_addresses)
+            return
+        chunks = [datas[i : i + CHUNK] for i in range(0, len(datas), CHUNK)]
+        ahead = self.workers + 1
+        pending: deque[tuple[Sequence[bytes], Future[list[Prepared | None]]]] = deque()
+        submitted = 1  # the first chunk is prepared here, so that nobody waits for a worker to start
+
+        def submit_more() -> None:
+            nonlocal submitted
+            while submitted < len(chunks) and len(pending) < ahead:
+                chunk = chunks[submitted]
+                pending.append((chunk, self._executor().submit(_prepare_many, chunk, self.own_addresses)))
+                submitted += 1
+
+        submit_more()
+        yield from _prepare_here(chunks[0], self.own_addresses)
+        while pending:
+            chunk, future = pending.popleft()
             try:
-                out.extend(future.result())
+                ready = future.result()
             except Exception as exc:  # a dead worker: do the work here, start a fresh pool next time
                 log.warning("parse worker failed (%s); preparing %d messages in process", exc, len(chunk))
-                self.close()
-                out.extend(_prepare_here(chunk, self.own_addresses))
-        return out
+                self._discard_pool(pending)
+                ready = _prepare_here(chunk, self.own_addresses)
+            submit_more()
+            yield from ready
+
+    def _discard_pool(self, pending: deque[tuple[Sequence[bytes], Future[list[Prepared | None]]]]) -> None:
+        for _chunk, future in pending:
+            future.cancel()
+        self.close()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -113,16 +113,15 @@ class Intake:
         """
         if not batch:
             return []
-        with_data = [data for _id, _key, data in batch if data is not None]
-        prepared_iter = iter(self.preparer.prepare_many(with_data))
-        prepared = [next(prepared_iter) if data is not None else None for _id, _key, data in batch]
+        stream = self.preparer.stream([data for _id, _key, data in batch if data is not None])
         with transaction(self.engine) as session:
             ids = [raw_id for raw_id, _key, _data in batch]
             stmt = select(RawMessage).where(col(RawMessage.id).in_(ids)).with_for_update()
             raws = {raw.id: raw for raw in session.exec(stmt)}
             keep: list[object] = []  # the session holds clean objects weakly; results need them
             results = []
-            for (raw_id, key, data), ready in zip(batch, prepared, strict=True):
+            for raw_id, key, data in batch:
+                ready = next(stream) if data is not None else None
                 raw = raws.get(raw_id)
                 if raw is None:
                     raise LookupError(f"raw message {raw_id} does not exist")
