@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Table, Update, bindparam, func, insert, or_, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, SQLModel, col, select
@@ -373,12 +375,21 @@ def update_row(session: Session, obj: SQLModel, **values: Any) -> None:
         set_committed_value(obj, name, value)
 
 
+_BLOB = table_of(Blob)
+_BLOB_EXISTS = sa_select(_BLOB.c.size).where(_BLOB.c.sha256 == bindparam("sha256"))
+# Another writer may store the same content at the same moment: that is not a conflict.
+_INSERT_BLOB = {
+    "sqlite": sqlite_insert(_BLOB).on_conflict_do_nothing(index_elements=["sha256"]),
+    "postgresql": pg_insert(_BLOB).on_conflict_do_nothing(index_elements=["sha256"]),
+}
+
+
 def store_blob(session: Session, data: bytes) -> str:
-    """Keep attachment content once per distinct SHA-256; returns the hash."""
+    """Keep attachment content once per distinct SHA-256 (never reading it back); returns the hash."""
     digest = sha256_hex(data)
-    if session.get(Blob, digest) is None:
-        session.add(Blob(sha256=digest, size=len(data), data=data))
-        session.flush()
+    connection = session.connection()
+    if connection.execute(_BLOB_EXISTS, {"sha256": digest}).first() is None:
+        connection.execute(_INSERT_BLOB[connection.dialect.name], {"sha256": digest, "size": len(data), "data": data})
     return digest
 
 
