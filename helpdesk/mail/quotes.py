@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import html as _html
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
+from typing import NamedTuple
 
 __all__ = ["Reply", "split_reply", "split_reply_html"]
 
@@ -77,7 +79,9 @@ _MAX_HEADER = 400  # longest joined quote header considered
 _HEADER_WINDOW = 8  # lines scanned forward for an Outlook-style header block
 _MAX_SCAN_LINES = 50_000  # headers and signatures are looked for in the first lines only
 
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"))
+_INVISIBLE_CHARS = "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+_INVISIBLE = dict.fromkeys(map(ord, _INVISIBLE_CHARS))
+_INVISIBLE_RE = re.compile(f"[{_INVISIBLE_CHARS}]")  # finding one is much cheaper than translate()
 
 # --------------------------------------------------------------------------------------------
 # "On <date>, <name> wrote:" headers
@@ -91,7 +95,16 @@ _LATIN_VERBS = (
     r"je napisal|napisao|rašė|rakstīja|kirjutas"
 )
 _VERB_RE = re.compile(rf"\b(?:{_LATIN_VERBS})(?!\w)|写道|寫道|が書きました|님이 작성", re.IGNORECASE)
-_VERB_AT_END_RE = re.compile(rf"(?:\b(?:{_LATIN_VERBS})|写道|寫道)[\s\-]*$", re.IGNORECASE)
+_CJK_VERBS_AT_END = "写道|寫道"
+_VERB_AT_END_RE = re.compile(rf"(?:\b(?:{_LATIN_VERBS})|{_CJK_VERBS_AT_END})[\s\-]*$", re.IGNORECASE)
+# Every alternative is a literal (only "(" and ")" escaped), and ignoring case still matches one
+# character per pattern character: a verb match is at most _LONGEST_VERB long, and its last
+# character matches _VERB_LAST_CHAR_RE.
+_VERB_LITERALS = tuple(v.replace("\\", "") for v in f"{_LATIN_VERBS}|{_CJK_VERBS_AT_END}".split("|"))
+_LONGEST_VERB = max(map(len, _VERB_LITERALS))
+_VERB_LAST_CHAR_RE = re.compile(
+    "[" + "".join(sorted({re.escape(v[-1]) for v in _VERB_LITERALS})) + "]", re.IGNORECASE
+)
 _HEADER_PREFIX_RE = re.compile(
     r"(?:on|am|le|el|em|il|in data|op|den|dne|w dniu|dnia|på|pada|vào|στις|la|at)\b", re.IGNORECASE
 )
@@ -149,7 +162,16 @@ def _may_end_wrote_header(body: str) -> bool:
         return False
     if s.endswith((":", "：")):
         return True
-    return _VERB_AT_END_RE.search(s[-80:].rstrip("-*_=~ \t")) is not None
+    tail = s[-80:].rstrip("-*_=~ \t")
+    # A verb match ends where the trailing run of whitespace and hyphens starts (no verb ends in
+    # either), so checking the character there and searching from there minus the longest verb
+    # gives the same answer - and saves trying the long alternation at every position of the line.
+    end = len(tail)
+    while end and (tail[end - 1].isspace() or tail[end - 1] == "-"):
+        end -= 1
+    if not end or _VERB_LAST_CHAR_RE.match(tail, end - 1) is None:  # most prose ends in "." or ","
+        return False
+    return _VERB_AT_END_RE.search(tail, max(0, end - _LONGEST_VERB)) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,7 +330,8 @@ class _Line:
     def key(self) -> str:
         """The Outlook header key this line starts with ("from", "betreff", ...), or ""."""
         if self._key is None:
-            m = _KEY_LINE_RE.match(self.body[:100])
+            head = self.body[:100]
+            m = _KEY_LINE_RE.match(head) if ":" in head or "：" in head else None
             self._key = m.group(1).lower() if m else ""
         return self._key
 
@@ -318,7 +341,9 @@ _QUOTE_PREFIX_RE = re.compile(r"[ \t]*(?:>[ \t]?)+")
 
 
 def _plain_lines(text: str) -> list[_Line]:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_INVISIBLE)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii() and _INVISIBLE_RE.search(text):  # the invisible characters are non-ASCII
+        text = text.translate(_INVISIBLE)
     out: list[_Line] = []
     for raw in text.split("\n"):
         m = _QUOTE_PREFIX_RE.match(raw) if ">" in raw[:8] else None
@@ -680,7 +705,19 @@ _TAG_RE = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:_.-]{0,40})")
 _ATTR_RE = re.compile(r"""([^\s=/>"']{1,60})(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+)))?""")
 _BORDER_TOP_RE = re.compile(r"border-top(?:-style)?:[^;]{0,40}solid")
 
-_Token = tuple[str, str, dict[str, str]]  # (kind, tag or text, attributes)
+# A tag the fast tokenizer step takes at once: the text before it, "/", the name, the attributes.
+# Possessive, so a "<" without any ">" after it fails after one scan (no backtracking).
+_TEXT_AND_TAG_RE = re.compile(r"([^<]*+)<(/?)([A-Za-z][A-Za-z0-9:_.-]{0,40}+)([^>]*+)>")
+
+
+class _StartInfo(NamedTuple):
+    """What the renderer needs to know about a start tag's attributes."""
+
+    hard: bool  # an Outlook/Hotmail reply marker: everything from here on is history
+    quote: bool  # a citation container (blockquote, gmail_quote, ...)
+    cite: bool  # ... marked as a citation (not just an indented blockquote)
+    signature: bool  # gmail_signature, moz-signature, #Signature
+    border_top: bool  # Outlook's separator div above a header block
 
 
 def _attrs(source: str) -> dict[str, str]:
@@ -694,19 +731,76 @@ def _attrs(source: str) -> dict[str, str]:
     return out
 
 
-def _tokens(doc: str) -> Iterator[_Token]:
-    """Tokenise HTML in one left-to-right pass: ("text", data, {}), ("start"/"end", tag, attrs).
+def _start_info(tag: str, source: str) -> _StartInfo:
+    """The facts about a start tag with attribute text ``source``."""
+    if len(source) > 300:
+        return _compute_start_info(tag, source)
+    return _cached_start_info(tag, source)
+
+
+def _compute_start_info(tag: str, source: str) -> _StartInfo:
+    attrs = _attrs(source)
+    classes = set(attrs.get("class", "").lower().split())
+    ident = attrs.get("id", "").lower()
+    while ident.startswith("x_"):
+        ident = ident[2:]
+    style = attrs.get("style", "").lower().replace(" ", "")
+    cite_class = not classes.isdisjoint(_CITE_CLASSES) or ident.startswith("yahoo_quoted")
+    quote = tag == "blockquote" or cite_class
+    return _StartInfo(
+        hard=ident in _HARD_IDS or not classes.isdisjoint(_HARD_CLASSES),
+        quote=quote,
+        cite=quote and (cite_class or attrs.get("type", "").lower() == "cite"),
+        signature=not classes.isdisjoint(_SIGNATURE_CLASSES) or ident in _SIGNATURE_IDS,
+        border_top=tag in ("div", "p", "td") and _BORDER_TOP_RE.search(style) is not None,
+    )
+
+
+# Pure, so it can be memoised: tables repeat the same attributes on every cell, and mail clients
+# the same ones in every mail.
+_cached_start_info = lru_cache(maxsize=4096)(_compute_start_info)
+
+
+def _tokenize(doc: str, renderer: _Renderer) -> None:
+    """Tokenise HTML in one left-to-right pass, handing text, start tags (with their facts) and
+    end tags to ``renderer``.
 
     Every ``find`` that fails ends the scan, so the work is linear even for unterminated
     comments or tags."""
+    text, start, end = renderer.text, renderer.start, renderer.end
+    text_and_tag = _TEXT_AND_TAG_RE.match
     i, n = 0, len(doc)
     while i < n:
+        # The usual case: text up to a complete tag.
+        m = text_and_tag(doc, i)
+        if m is not None:
+            before, closing, name, source = m.groups()
+            if before:
+                text(before)
+            tag = name.lower()
+            i = m.end()
+            if closing:
+                end(tag)
+                continue
+            start(tag, _start_info(tag, source))
+            if source.endswith("/"):
+                if tag not in _VOID:
+                    end(tag)
+                continue
+            closer = _RAW_TEXT.get(tag)
+            if closer is not None:
+                close = closer.search(doc, i)
+                if close is None:
+                    return
+                i = close.end()
+            continue
+        # Otherwise the next "<" starts a comment, a declaration, an unterminated tag or no markup.
         j = doc.find("<", i)
         if j < 0:
-            yield ("text", doc[i:], {})
+            text(doc[i:])
             return
         if j > i:
-            yield ("text", doc[i:j], {})
+            text(doc[i:j])
         if doc.startswith("<!--", j):
             k = doc.find("-->", j + 4)
             if k < 0:
@@ -719,35 +813,12 @@ def _tokens(doc: str) -> Iterator[_Token]:
                 return
             i = k + 1
             continue
-        m = _TAG_RE.match(doc, j)
-        if m is None:
-            nxt = _MARKUP_RE.search(doc, j + 1)
-            stop = n if nxt is None else nxt.start()
-            yield ("text", doc[j:stop], {})
-            i = stop
-            continue
-        k = doc.find(">", m.end())
-        if k < 0:
+        if _TAG_RE.match(doc, j) is not None:  # a tag with no ">" after it
             return
-        closing, tag = m.group(1), m.group(2).lower()
-        if closing:
-            yield ("end", tag, {})
-            i = k + 1
-            continue
-        source = doc[m.end() : k]
-        self_closing = source.endswith("/")
-        yield ("start", tag, _attrs(source))
-        i = k + 1
-        if self_closing:
-            if tag not in _VOID:
-                yield ("end", tag, {})
-            continue
-        closer = _RAW_TEXT.get(tag)
-        if closer is not None:
-            close = closer.search(doc, i)
-            if close is None:
-                return
-            i = close.end()
+        nxt = _MARKUP_RE.search(doc, j + 1)
+        stop = n if nxt is None else nxt.start()
+        text(doc[j:stop])
+        i = stop
 
 
 @dataclass(slots=True)
@@ -791,14 +862,9 @@ class _Renderer:
         if text or force or "\xa0" in raw:
             self.emit(text)
 
-    def start(self, tag: str, attrs: dict[str, str]) -> None:
-        classes = set(attrs.get("class", "").lower().split())
-        ident = attrs.get("id", "").lower()
-        while ident.startswith("x_"):
-            ident = ident[2:]
-        style = attrs.get("style", "").lower().replace(" ", "")
+    def start(self, tag: str, info: _StartInfo) -> None:
         at_top = self.depth == 0 and self.cut is None
-        if at_top and (ident in _HARD_IDS or not classes.isdisjoint(_HARD_CLASSES)):
+        if at_top and info.hard:
             self.flush()
             self.cut = len(self.lines)
         if tag == "br":
@@ -815,17 +881,12 @@ class _Renderer:
             self.buf.append("- ")
         if tag in _VOID:
             return
-        frame = _Frame(tag)
-        cite_class = not classes.isdisjoint(_CITE_CLASSES) or ident.startswith("yahoo_quoted")
-        if tag == "blockquote" or cite_class:
-            frame.quote = True
-            frame.cite = cite_class or attrs.get("type", "").lower() == "cite"
+        frame = _Frame(tag, quote=info.quote, cite=info.cite)
         if tag in _BLOCK or frame.quote:
             self.flush()
-        signature = not classes.isdisjoint(_SIGNATURE_CLASSES) or ident in _SIGNATURE_IDS
-        if at_top and signature and not (self.lines and self.lines[-1].body == "--"):
+        if at_top and info.signature and not (self.lines and self.lines[-1].body == "--"):
             self.emit("-- ")
-        if _BORDER_TOP_RE.search(style) and tag in ("div", "p", "td"):
+        if info.border_top:
             self.emit("-" * 10)
         if frame.quote:
             self.depth += 1
@@ -855,7 +916,8 @@ class _Renderer:
                 break
 
     def text(self, data: str) -> None:
-        self.buf.append(_html.unescape(data).translate(_INVISIBLE))
+        text = _html.unescape(data)
+        self.buf.append(text.translate(_INVISIBLE) if not text.isascii() and _INVISIBLE_RE.search(text) else text)
 
     def finish(self) -> tuple[list[_Line], int]:
         self.flush()
@@ -865,13 +927,7 @@ class _Renderer:
 
 def _render_html(doc: str) -> tuple[list[_Line], int]:
     renderer = _Renderer()
-    for kind, value, attrs in _tokens(doc):
-        if kind == "text":
-            renderer.text(value)
-        elif kind == "start":
-            renderer.start(value, attrs)
-        else:
-            renderer.end(value)
+    _tokenize(doc, renderer)
     return renderer.finish()
 
 

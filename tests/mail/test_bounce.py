@@ -10,14 +10,19 @@ import base64
 import email
 import email.policy
 import json
+import random
+from email.header import decode_header, make_header
 from email.message import Message
+from email.utils import parseaddr
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import helpdesk.mail.bounce as bounce
 from helpdesk.mail.bounce import Bounce, detect_bounce
+from helpdesk.mail.parse import parse_message
 from tests.corpora import corpora_dir
 
 
@@ -557,3 +562,84 @@ def test_reply_corpora_are_not_bounces() -> None:
     print(f"\nreply corpora: {len(files) - len(flagged)}/{len(files)} not bounces")
     assert len(files) > 300
     assert flagged == []
+
+
+# --- the fast exit for ordinary mail changes no result -------------------------------------------
+
+
+def detect_without_fast_exit(msg: Message) -> Bounce | None:
+    """detect_bounce as it was before the fast exit: every detector on the full view."""
+    try:
+        return bounce._detect(bounce._Mail.of(msg))
+    except Exception:
+        return None
+
+
+def test_fast_exit_changes_no_result_on_any_corpus_file() -> None:
+    """Every file of the shared corpora, read as our parser's tree, as the stdlib's compat32 tree
+    and (up to 50 KB, it is slow) as an EmailMessage: detect_bounce gives what the full detector
+    table gives."""
+    files = [path for path in sorted(corpora_dir().rglob("*")) if path.is_file()]
+    assert len(files) > 800
+    checked = early = bounces = 0
+    differ = []
+    for path in files:
+        raw = path.read_bytes()
+        messages = [parse_message(raw).message, email.message_from_bytes(raw, policy=email.policy.compat32)]
+        if len(raw) <= 50_000:
+            messages.append(email.message_from_bytes(raw, policy=email.policy.default))
+        for msg in messages:
+            checked += 1
+            signals = bounce._Signals.of(msg)
+            early += not signals.automated and not bounce._has_delivery_status(msg)
+            expected = detect_without_fast_exit(msg)
+            bounces += expected is not None
+            if detect_bounce(msg) != expected:
+                differ.append(str(path.relative_to(corpora_dir())))
+    print(f"\nbounce fast exit: {checked} messages from {len(files)} files, {early} decided early, "
+          f"{bounces} bounces, {len(differ)} differ")
+    assert early > checked // 2
+    assert not differ, differ[:5]
+
+
+def test_everyday_from_forms_parse_as_parseaddr_does() -> None:
+    values = [
+        str(v)
+        for path in sorted(corpora_dir().rglob("*"))
+        if path.is_file()
+        for part in parse_file(path).walk()
+        for v in (part.get_all("From") or []) + (part.get_all("To") or []) + (part.get_all("Reply-To") or [])
+    ]
+    rng = random.Random(7)
+    def atom() -> str:
+        return "".join(rng.choice("aB7-_+ä\udcfe!#'\xa0\u2003=?.") for _ in range(rng.randint(1, 4)))
+    def blank() -> str:
+        return rng.choice(["", " ", "\t", "\r\n ", "\n", "\r"])
+    def word() -> str:
+        if rng.random() < 0.3:
+            return '"' + "".join(rng.choice('x ,<@\n\tü(."\\') for _ in range(rng.randint(0, 5))) + '"'
+        return rng.choice([atom(), atom() + ".", "J.", "(c)", "\\x"])
+    for _ in range(30000):
+        address = f"{atom()}@{atom()}"
+        if rng.random() < 0.3:
+            values.append(blank() + address + blank())
+        else:
+            phrase = "".join(word() + blank() for _ in range(rng.randint(0, 4)))
+            values.append(f"{blank()}{phrase}<{rng.choice(['', ' '])}{address}{rng.choice(['', ' '])}>{blank()}")
+    fast = sum(bounce._SIMPLE_MAILBOX.fullmatch(v) is not None for v in values)
+    assert fast > len(values) // 5
+    assert [bounce._parseaddr(v) for v in values] == [parseaddr(v) for v in values]
+
+
+def test_header_text_without_encoded_words_is_the_raw_value() -> None:
+    for path in sorted(corpora_dir().rglob("*")):
+        if not path.is_file():
+            continue
+        for part in parse_file(path).walk():
+            for name in set(part.keys()):
+                value = part.get(name)
+                try:
+                    expected = " ".join(str(make_header(decode_header(value))).split())
+                except Exception:
+                    expected = " ".join(str(value).split())
+                assert bounce._header_text(part, name) == expected

@@ -2,7 +2,8 @@
 
 1. hand-written unit tests for the decoding rules;
 2. per-field agreement with the imap_tools corpus (prints a table, asserts thresholds);
-3. robustness: every file of every shared corpus parses without raising (prints count and timing).
+3. robustness: every file of every shared corpus parses without raising (prints count and timing);
+4. the fast MIME path builds exactly the stdlib parser's tree (differential, on corpora and mutants).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import email
 import hashlib
 import json
 import pickle
+import random
 import re
 import statistics
 import time
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 
+import helpdesk.mail.parse as parse_mod
 from helpdesk.mail.parse import Address, Attachment, ParsedMail, parse_message
 from tests.corpora import corpora_dir
 
@@ -677,3 +680,198 @@ def test_parse_speed_report() -> None:
         f"imap_tools corpus median {statistics.median(per_mail):.0f} us/message, "
         f"max {max(per_mail):.0f} us"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. the fast MIME path builds exactly the tree of the stdlib parser
+
+
+def _tree(m: object) -> object:
+    """Everything a compat32 Message holds, recursively, for comparison."""
+    if not isinstance(m, email.message.Message):
+        return ("?", repr(m))
+    payload = m._payload  # type: ignore[attr-defined]
+    if isinstance(payload, list):
+        payload = [_tree(p) for p in payload]
+    return (
+        type(m).__name__, m.policy, list(m.raw_items()), m.get_unixfrom(), payload,
+        m.get_charset(), m.preamble, m.epilogue, [(type(d).__name__, d.args) for d in m.defects],
+        m.get_default_type(), sorted(vars(m)),
+    )
+
+
+def _stdlib_tree(raw: bytes) -> object:
+    return _tree(email.parser.BytesParser(policy=policy.compat32).parsebytes(raw))
+
+
+def _fast(raw: bytes) -> email.message.Message | None:
+    return parse_mod._fast_parse(raw.decode("ascii", "surrogateescape"))
+
+
+def _mutate(raw: bytes, rng: random.Random) -> bytes:
+    """A few line-level edits of the kinds that break MIME: lost, repeated or moved lines, changed
+    line ends, stray boundary, envelope, continuation and header lines."""
+    lines = raw.splitlines(keepends=True)
+    stray = [b"\n", b"From x@y Mon\n", b" cont\n", b":bad\n", b": bad\r\n", b"\tx\n", b"From : y\n", b"X: y\n",
+             b"Content-Type: multipart/digest; boundary=q\n", b"--q\n", b"--q--\n", b"Content-Type: message/rfc822\n",
+             b"Content-Type: message/delivery-status\n", b"Content-Transfer-Encoding: base64\n"]
+    for _ in range(rng.randint(1, 4)):
+        if not lines:
+            break
+        i = rng.randrange(len(lines))
+        op = rng.randrange(11)
+        if op == 0:
+            del lines[i]
+        elif op == 1:
+            lines.insert(i, lines[rng.randrange(len(lines))])
+        elif op == 2:
+            lines.insert(i, rng.choice(stray))
+        elif op == 3:
+            lines[i] = lines[i].rstrip(b"\r\n") + rng.choice([b"\r", b"\n", b"\r\n", b"", b" \n", b"--\n", b"-- \r\n"])
+        elif op == 4:
+            lines = lines[:i]
+        elif op == 5:
+            lines[i] = lines[i].replace(b"\n", b"\r")
+        elif op == 6:
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == 7:
+            lines[i] = lines[i].lstrip(b"-")
+        elif op == 8:
+            lines[i] = b"--" + lines[i]
+        elif op == 9:
+            lines[i] = lines[i].replace(b"\r\n", b"\n")
+        else:
+            lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
+    return b"".join(lines)
+
+
+_WELL_FORMED = [
+    # nested multiparts, preamble and epilogue, CRLF
+    mail("""\
+From: a@example.com
+Subject: nested
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="outer"
+
+This is the preamble.
+--outer
+Content-Type: multipart/alternative; boundary=inner
+
+--inner
+Content-Type: text/plain
+
+plain
+--inner
+Content-Type: text/html
+
+<p>html</p>
+
+--inner--
+inner epilogue
+--outer
+Content-Type: application/octet-stream; name=x.bin
+Content-Transfer-Encoding: base64
+
+AAEC
+AwQF
+--outer--
+
+epilogue
+"""),
+    # bare CR line ends, boundary followed by blanks, no newline after the closing boundary
+    b"From: a@example.com\rContent-Type: multipart/mixed; boundary=b\r\r--b \t\rContent-Type: text/plain\r\rx\r--b--",
+    # a boundary that starts with another one, an empty part, headers without body
+    mail("""\
+Content-Type: multipart/mixed; boundary="ab"
+
+--ab
+Content-Type: multipart/mixed; boundary="ab-c"
+
+--ab-c
+
+--ab-c
+Content-Type: text/plain
+--ab-c--
+--ab--
+"""),
+    # digest (default message/rfc822 parts), attached message, mbox envelope, folded headers
+    mail("""\
+From someone@example.com Mon Jan  1 00:00:00 2024
+From: a@example.com
+Subject: a folded
+ subject line
+\t and more
+Content-Type: multipart/digest; boundary=d
+
+--d
+
+From: inner@example.com
+Subject: first
+
+first body
+--d
+Content-Type: message/rfc822
+
+Content-Type: multipart/alternative; boundary=e
+
+--e
+Content-Type: text/plain
+
+in
+--e--
+--d--
+"""),
+    # LF only, headers only, 8-bit bytes in headers and body
+    "Subject: Grüße\nFrom: Jörg <j@example.com>\n\nÄrger\n".encode("latin-1"),
+    b"Subject: only headers\r\nX-Empty:\r\n",
+    b"",
+]
+
+
+def test_fast_path_takes_well_formed_mail_and_builds_the_stdlib_tree() -> None:
+    for raw in _WELL_FORMED:
+        fast = _fast(raw)
+        assert fast is not None, raw[:60]
+        assert _tree(fast) == _stdlib_tree(raw), raw[:60]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\nx\n",  # no closing boundary
+        b"Content-Type: multipart/mixed; boundary=b\n\nno boundary at all\n",
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\n\nx\n--b--\n",  # repeated boundary
+        b"Content-Type: multipart/mixed\n\n--b\n\nx\n--b--\n",  # no boundary parameter
+        b"Content-Type: multipart/mixed; boundary=b\nContent-Transfer-Encoding: base64\n\n--b\n\nx\n--b--\n",
+        b"Content-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\nAction: failed\n",
+        b"Subject: x\nnot a header line\n\nbody\n",  # no header/body separator
+        b" continuation first\nSubject: x\n\nbody\n",
+        b":no name\n\nbody\n",
+        b"Subject: x\nFrom misplaced envelope\n\nbody\n",
+    ],
+)
+def test_fast_path_leaves_irregular_mail_to_the_stdlib(raw: bytes) -> None:
+    assert _fast(raw) is None
+    assert parse_message(raw).message is not None
+
+
+def test_fast_path_builds_the_stdlib_tree_on_corpora_and_mutants() -> None:
+    """Differential test: on every corpus file, on the well-formed samples above and on mutated
+    variants of both, the fast path either declines or builds the stdlib parser's tree."""
+    seeds = [path.read_bytes() for path in _all_corpus_files()] + _WELL_FORMED
+    rng = random.Random(20240514)
+    samples = seeds + [_mutate(rng.choice(seeds), rng) for _ in range(3000)]
+    fast_count = 0
+    differ = []
+    for raw in samples:
+        fast = _fast(raw)
+        if fast is None:
+            continue
+        fast_count += 1
+        if _tree(fast) != _stdlib_tree(raw):
+            differ.append(raw[:80])
+    print(f"\nfast MIME path: {len(samples)} mails ({len(seeds)} corpus files and samples, the rest mutants), "
+          f"{fast_count} taken, {len(differ)} differ from the stdlib parser")
+    assert fast_count > len(samples) // 3
+    assert not differ, differ[:3]

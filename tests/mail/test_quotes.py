@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import json
+import random
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpdesk.mail import quotes
+from helpdesk.mail.parse import parse_message
 from helpdesk.mail.quotes import Reply, split_reply, split_reply_html
 from tests.corpora import corpora_dir
 
@@ -718,3 +721,148 @@ def test_github_performance_fixtures(name: str) -> None:
     started = time.process_time()
     split_reply(body)
     assert time.process_time() - started < 1.0
+
+
+# =============================================================================================
+# The shortcuts give the answers of the plain computations they replace
+# =============================================================================================
+
+
+@functools.cache
+def _corpus_texts() -> list[str]:
+    """Every shared corpus file as text, and the text and HTML bodies of those that are mail."""
+    out: list[str] = []
+    for path in sorted(corpora_dir().rglob("*")):
+        if path.is_file() and path.suffix != ".json":
+            raw = path.read_bytes()
+            parsed = parse_message(raw)
+            out += [raw.decode("utf-8", "replace"), parsed.text, parsed.html]
+    return out
+
+
+def test_verb_alternatives_are_plain_literals() -> None:
+    """_may_end_wrote_header relies on it: one character per pattern character, no verb ending in
+    whitespace or a hyphen."""
+    for verb in quotes._LATIN_VERBS.split("|"):
+        literal = verb.replace("\\", "")
+        assert re.sub(r"\\[()]", "", verb) == re.sub(r"[()]", "", literal)
+        assert not re.search(r"[.^$*+?{}\[\]|\\]", literal), verb
+        assert re.fullmatch(verb, literal) and re.fullmatch(verb, literal.upper(), re.IGNORECASE)
+    for literal in quotes._VERB_LITERALS:
+        assert not literal[-1].isspace() and literal[-1] != "-"
+        assert len(literal) <= quotes._LONGEST_VERB
+
+
+def test_verb_last_character_class_matches_what_the_verbs_match() -> None:
+    """Ignoring case, a verb's last letter matches more than its case pair (long s, Kelvin sign,
+    dotless i, ...): the character class must match all of it."""
+    last = {literal[-1] for literal in quotes._VERB_LITERALS}
+    each = [re.compile(re.escape(c), re.IGNORECASE) for c in last]
+    for code in range(0x110000):
+        c = chr(code)
+        cased = c in last or c.lower() != c or c.upper() != c or c.casefold() != c
+        if cased and any(p.fullmatch(c) for p in each):
+            assert quotes._VERB_LAST_CHAR_RE.fullmatch(c), hex(code)
+
+
+def _may_end_wrote_header_plain(body: str) -> bool:
+    s = body.rstrip()
+    if not s or len(s) > quotes._MAX_HEADER:
+        return False
+    if s.endswith((":", "：")):
+        return True
+    return quotes._VERB_AT_END_RE.search(s[-80:].rstrip("-*_=~ \t")) is not None
+
+
+def test_may_end_wrote_header_matches_the_plain_search() -> None:
+    rng = random.Random(3)
+    pieces = [*quotes._VERB_LITERALS, *(v.upper() for v in quotes._VERB_LITERALS), " ", "-", "\u2003", "\xa0",
+              "\n", "\t", "*", "=", "~", "x", "ſ", "K", "İ", "ı", ".", ",", "John", "2024", "写", "道", "\x1c"]
+    bodies = [line for text in _corpus_texts() for line in text.splitlines()]
+    bodies += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(20_000)]
+    bodies += ["x" * rng.randint(60, 90) + rng.choice(pieces) + rng.choice(pieces) for _ in range(5_000)]
+    assert [quotes._may_end_wrote_header(b) for b in bodies] == [_may_end_wrote_header_plain(b) for b in bodies]
+
+
+def _tokens_general(doc: str) -> list[tuple[str, str, object]]:
+    """The tokenizer without its fast step for complete tags (as it was written first)."""
+    out: list[tuple[str, str, object]] = []
+    i, n = 0, len(doc)
+    while i < n:
+        j = doc.find("<", i)
+        if j < 0:
+            out.append(("text", doc[i:], None))
+            break
+        if j > i:
+            out.append(("text", doc[i:j], None))
+        if doc.startswith("<!--", j):
+            k = doc.find("-->", j + 4)
+            if k < 0:
+                break
+            i = k + 3
+            continue
+        if doc.startswith(("<!", "<?"), j):
+            k = doc.find(">", j + 2)
+            if k < 0:
+                break
+            i = k + 1
+            continue
+        m = quotes._TAG_RE.match(doc, j)
+        if m is None:
+            nxt = quotes._MARKUP_RE.search(doc, j + 1)
+            stop = n if nxt is None else nxt.start()
+            out.append(("text", doc[j:stop], None))
+            i = stop
+            continue
+        k = doc.find(">", m.end())
+        if k < 0:
+            break
+        closing, tag = m.group(1), m.group(2).lower()
+        if closing:
+            out.append(("end", tag, None))
+            i = k + 1
+            continue
+        source = doc[m.end() : k]
+        out.append(("start", tag, quotes._compute_start_info(tag, source)))
+        i = k + 1
+        if source.endswith("/"):
+            if tag not in quotes._VOID:
+                out.append(("end", tag, None))
+            continue
+        closer = quotes._RAW_TEXT.get(tag)
+        if closer is not None:
+            close = closer.search(doc, i)
+            if close is None:
+                break
+            i = close.end()
+    return out
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.tokens: list[tuple[str, str, object]] = []
+
+    def text(self, data: str) -> None:
+        self.tokens.append(("text", data, None))
+
+    def start(self, tag: str, info: object) -> None:
+        self.tokens.append(("start", tag, info))
+
+    def end(self, tag: str) -> None:
+        self.tokens.append(("end", tag, None))
+
+
+def test_tokenizer_fast_step_yields_what_the_general_scanner_yields() -> None:
+    rng = random.Random(5)
+    pieces = [
+        "<", ">", "</", "<!--", "-->", "<!x>", "<?x?>", "<br>", "<br/>", "<p>", "</p>", "<div class='gmail_quote'>",
+        "</div>", "<blockquote type=cite>", "</blockquote>", "<pre>", "</pre>", "&gt; ", "&amp;", "\u200b", "\n",
+        "<script>x</script>", "<style>", "<hr>", "<li>", "<div id='x_divRplyFwdMsg'>", "<x:y a=b>", "a < b",
+        "<div style='border-top:solid #E1E1E1 1.0pt'>", "<td>", "<DIV CLASS=\"Gmail_Signature\">", "<textarea>",
+        "</textarea >", "<a href=\"x>y\">", "<" + "n" * 60 + " a=b>", "<img src=x/>", "text", "<3", "<a", "b>",
+    ]
+    docs = _corpus_texts() + ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 60))) for _ in range(5000)]
+    for doc in docs:
+        recorder = _Recorder()
+        quotes._tokenize(doc, recorder)  # type: ignore[arg-type]
+        assert recorder.tokens == _tokens_general(doc), doc[:200]
