@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -188,7 +189,7 @@ class Daemon:
 
     def reload(self, loader: Callable[[], Config]) -> bool:
         """Apply a new configuration; a faulty one is refused and the running one kept."""
-        sd_notify("RELOADING=1")
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             config = loader()
         except ConfigError as exc:
