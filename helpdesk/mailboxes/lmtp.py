@@ -62,7 +62,10 @@ class DeliveryHandler:
             return self._per_recipient(server, recipients, "451 4.3.0 temporary storage failure, try again")
         raw_id = stored[0][1]
         result = await loop.run_in_executor(None, self.intake.process, raw_id, key)
-        log.info("LMTP delivery stored as message %s: %s %s", raw_id, result.outcome, result.ticket_number or "")
+        log.info(
+            "%s delivery stored as message %s: %s %s",
+            "LMTP" if isinstance(server, LMTP) else "SMTP", raw_id, result.outcome, result.ticket_number or "",
+        )
         return self._per_recipient(server, recipients, f"250 2.0.0 stored as message {raw_id}")
 
     @staticmethod
