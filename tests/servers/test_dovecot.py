@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
+from tests.conftest import require
 from tests.servers.dovecot import Dovecot, DovecotError, dovecot_available
 
-_UNAVAILABLE = dovecot_available()
-pytestmark = [
-    pytest.mark.dovecot,
-    pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or ""),
-]
+pytestmark = pytest.mark.dovecot
+
+
+@pytest.fixture(autouse=True)
+def _dovecot_installed() -> None:
+    """Skip without Dovecot, except under CI=true, where a missing service is a failure."""
+    require(dovecot_available())
 
 
 def _message(n: int, body: str = "Hello.") -> bytes:
