@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from helpdesk.config import MailboxConfig
+from helpdesk.config import MailboxConfig, resolve_secret
 from helpdesk.intake.runner import Intake, Result
 
 
@@ -40,6 +40,15 @@ def mailbox_password(config: MailboxConfig, secret: SecretResolver) -> str:
         return secret(config.password) or ""
     except (KeyError, ValueError) as exc:
         raise PermanentError(f"mailbox {config.name}: {exc.args[0]}") from None
+
+
+class ConfiguredMailbox:
+    """What the IMAP and POP3 adapters share: their configuration and how to get the password."""
+
+    def __init__(self, config: MailboxConfig, secret: SecretResolver = resolve_secret) -> None:
+        self.config = config
+        self.name = config.name
+        self._secret = secret
 
 
 class Mailbox(Protocol):

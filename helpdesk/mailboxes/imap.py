@@ -22,7 +22,14 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from helpdesk.config import AfterImport, MailboxConfig, TlsMode, resolve_secret
 from helpdesk.intake.runner import Incoming, Intake, Result
-from helpdesk.mailboxes.base import PermanentError, PollReport, SecretResolver, TemporaryError, mailbox_password
+from helpdesk.mailboxes.base import (
+    ConfiguredMailbox,
+    PermanentError,
+    PollReport,
+    SecretResolver,
+    TemporaryError,
+    mailbox_password,
+)
 from helpdesk.store.db import transaction
 from helpdesk.store.models import MailboxState
 from helpdesk.store.queries import known_source_keys
@@ -46,17 +53,11 @@ def _as_temporary(exc: BaseException) -> TemporaryError:
     return TemporaryError(f"{type(exc).__name__}: {exc}")
 
 
-class ImapMailbox:
+class ImapMailbox(ConfiguredMailbox):
     """One IMAP folder of one account."""
 
-    def __init__(
-        self,
-        config: MailboxConfig,
-        secret: SecretResolver = resolve_secret,
-    ) -> None:
-        self.config = config
-        self.name = config.name
-        self._secret = secret
+    def __init__(self, config: MailboxConfig, secret: SecretResolver = resolve_secret) -> None:
+        super().__init__(config, secret)
         self._client: imapclient.IMAPClient | None = None
         self._idle_capable = False
 

@@ -11,9 +11,9 @@ import contextlib
 import logging
 import poplib
 
-from helpdesk.config import AfterImport, MailboxConfig, TlsMode, resolve_secret
+from helpdesk.config import AfterImport, TlsMode
 from helpdesk.intake.runner import Incoming, Intake
-from helpdesk.mailboxes.base import PermanentError, PollReport, SecretResolver, TemporaryError, mailbox_password
+from helpdesk.mailboxes.base import ConfiguredMailbox, PermanentError, PollReport, TemporaryError, mailbox_password
 from helpdesk.mailboxes.imap import tls_context
 from helpdesk.store.db import transaction
 from helpdesk.store.queries import known_source_keys
@@ -21,16 +21,7 @@ from helpdesk.store.queries import known_source_keys
 log = logging.getLogger(__name__)
 
 
-class Pop3Mailbox:
-    def __init__(
-        self,
-        config: MailboxConfig,
-        secret: SecretResolver = resolve_secret,
-    ) -> None:
-        self.config = config
-        self.name = config.name
-        self._secret = secret
-
+class Pop3Mailbox(ConfiguredMailbox):
     def _connect(self) -> poplib.POP3:
         cfg = self.config
         password = mailbox_password(cfg, self._secret)
