@@ -196,6 +196,14 @@ class ChannelConfig(_Model):
     unknown_senders: UnknownSenders = UnknownSenders.CREATE
     default_priority: int = Field(default=3, ge=1, le=5)
     reopen_window: Duration = timedelta(days=14)
+    acknowledge: bool = True  # send the customer an acknowledgement for a new ticket
+    from_name: str | None = None  # display name on mail from the channel address
+    templates: str | None = None  # a directory whose templates override the shipped ones
+
+    @property
+    def address(self) -> str:
+        """The address mail from this channel is sent from (the first one listed)."""
+        return self.addresses[0]
 
     _duration = field_validator("reopen_window", mode="before")(parse_duration)
 
@@ -220,6 +228,94 @@ class ContactConfig(_Model):
     _check_addresses = field_validator("addresses")(_mail_addresses)
 
 
+class StaffRole(StrEnum):
+    """What a staff member may do by mail: agents work tickets of their channels; leads and admins
+    may also hand tickets to others (``#owner``, ``#assignee``) and act in every channel."""
+
+    AGENT = "agent"
+    LEAD = "lead"
+    ADMIN = "admin"
+
+
+class StaffConfig(_Model):
+    """A member of the support team. ``name`` is how commands and @mentions refer to them."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    display_name: str = ""
+    addresses: list[str] = Field(min_length=1)
+    role: StaffRole = StaffRole.AGENT
+    channels: list[str] = Field(default_factory=list)  # empty: every channel
+
+    _check_addresses = field_validator("addresses")(_mail_addresses)
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    def works_in(self, channel: str) -> bool:
+        return self.role is not StaffRole.AGENT or not self.channels or channel in self.channels
+
+
+class SmtpConfig(_Model):
+    """The server outgoing mail is handed to (the organisation's relay or the local MTA)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: TlsMode = TlsMode.STARTTLS
+    verify_tls: bool = True
+    ca_file: str | None = None
+    user: str | None = None
+    password: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    # Temporary failures (4xx, refused connection, timeout) are retried with backoff this long.
+    retry_for: Duration = timedelta(days=2)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    poll_interval: float = Field(default=5.0, gt=0)
+
+    _check_password = field_validator("password")(_env_reference)
+    _duration = field_validator("retry_for", mode="before")(parse_duration)
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {TlsMode.IMPLICIT: 465, TlsMode.STARTTLS: 587, TlsMode.NONE: 25}[self.tls]
+
+
+AuthMethod = Literal["dkim", "spf", "dmarc"]
+DEFAULT_AUTH_METHODS: tuple[AuthMethod, ...] = ("dkim", "dmarc")
+
+
+class TrustConfig(_Model):
+    """When a mail from a staff address may carry commands.
+
+    The signed reply address in every mail we send is always accepted. Besides it, the
+    Authentication-Results header of our own receiving server (listed by its authserv-id; headers
+    from any other server are ignored) can vouch for the sender's domain through ``methods``."""
+
+    authserv_ids: list[str] = Field(default_factory=list)
+    methods: list[AuthMethod] = Field(default_factory=lambda: list(DEFAULT_AUTH_METHODS))
+
+    @field_validator("authserv_ids")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value]
+
+
+class RateLimit(_Model):
+    count: int = Field(ge=0)
+    window: Duration
+
+    _duration = field_validator("window", mode="before")(parse_duration)
+
+
+class AckLimits(_Model):
+    """At most this many acknowledgements per ticket and per recipient within the window."""
+
+    per_ticket: RateLimit = RateLimit(count=10, window=timedelta(minutes=10))
+    per_recipient: RateLimit = RateLimit(count=30, window=timedelta(minutes=10))
+
+
 class ListenerConfig(_Model):
     """The LMTP (or SMTP) listener an MTA delivers into."""
 
@@ -239,6 +335,16 @@ class Config(_Model):
     parse_workers: int = Field(default=1, ge=0, le=16)
     channels: list[ChannelConfig] = Field(min_length=1)
     organisations: list[OrganisationConfig] = Field(default_factory=list)
+    staff: list[StaffConfig] = Field(default_factory=list)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    # Secret for the signed reply addresses (HMAC); an environment reference, never the value.
+    reply_secret: str = "${HELPDESK_REPLY_SECRET}"
+    # Domain of the Message-IDs we generate (default: the domain of the first channel address).
+    mail_domain: str | None = None
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+    acknowledgements: AckLimits = Field(default_factory=AckLimits)
+
+    _check_secret = field_validator("reply_secret")(_env_reference)
 
     @field_validator("own_addresses")
     @classmethod
@@ -269,11 +375,48 @@ class Config(_Model):
                     problems.append(
                         f"channels[{i}].rules[{j}].set.channel: unknown channel {rule.set.channel!r}"
                     )
+        problems.extend(self._staff_problems(names))
         if self.default_channel is not None and self.default_channel not in names:
             problems.append(f"default_channel: unknown channel {self.default_channel!r}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _staff_problems(self, channel_names: list[str]) -> list[str]:
+        problems: list[str] = []
+        staff_names = [s.name for s in self.staff]
+        for dup in sorted({n for n in staff_names if staff_names.count(n) > 1}):
+            problems.append(f"staff name {dup!r} is used more than once")
+        owners: dict[str, str] = {}
+        own = self.all_own_addresses()
+        for i, member in enumerate(self.staff):
+            for channel in member.channels:
+                if channel not in channel_names:
+                    problems.append(f"staff[{i}].channels: unknown channel {channel!r}")
+            for address in member.addresses:
+                if address in own:
+                    problems.append(f"staff[{i}].addresses: {address} is one of the system's own addresses")
+                if address in owners and owners[address] != member.name:
+                    problems.append(f"staff[{i}].addresses: {address} also belongs to {owners[address]}")
+                owners[address] = member.name
+        return problems
+
+    def staff_by_address(self, address: str) -> StaffConfig | None:
+        address = address.lower()
+        for member in self.staff:
+            if address in member.addresses:
+                return member
+        return None
+
+    def staff_member(self, name: str) -> StaffConfig | None:
+        for member in self.staff:
+            if member.name == name.lower():
+                return member
+        return None
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.mail_domain or self.channels[0].address.rpartition("@")[2]
 
     def channel(self, name: str) -> ChannelConfig:
         for channel in self.channels:
@@ -344,6 +487,12 @@ def load(path: str | Path) -> Config:
 def missing_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
     """Located problems for secrets whose environment variable is not set."""
     problems = []
+    secrets = [("reply_secret", config.reply_secret), ("smtp.password", config.smtp.password)]
+    for where, reference in secrets:
+        try:
+            resolve_secret(reference, environ)
+        except KeyError as exc:
+            problems.append(f"{where}: {exc.args[0]}")
     for i, channel in enumerate(config.channels):
         for j, box in enumerate(channel.mailboxes):
             try:

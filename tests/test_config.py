@@ -73,9 +73,33 @@ def test_missing_secret_is_named() -> None:
     data["channels"][0]["mailboxes"] = [
         {"name": "i", "kind": "imap", "host": "h", "user": "u", "password": "${NOPE_PW}"}
     ]
-    assert missing_secrets(validate(data), {}) == [
+    assert missing_secrets(validate(data), {"HELPDESK_REPLY_SECRET": "s"}) == [
         "channels[0].mailboxes[0].password: environment variable NOPE_PW is not set"
     ]
+    assert missing_secrets(validate(data), {"NOPE_PW": "x"}) == [
+        "reply_secret: environment variable HELPDESK_REPLY_SECRET is not set"
+    ]
+
+
+def test_staff_mistakes_are_located() -> None:
+    data = base_config(
+        staff=[
+            {"name": "bob", "addresses": ["bob@example.test"], "channels": ["nowhere"]},
+            {"name": "bob", "addresses": ["support@example.test"]},
+            {"name": "Eve Smith", "addresses": ["eve@example.test"]},
+        ]
+    )
+    with pytest.raises(ConfigError) as err:
+        validate(data)
+    text = "\n".join(err.value.problems)
+    assert "staff.2.name" in text.replace("[", ".").replace("]", "") or "staff[2].name" in text
+    data["staff"].pop()
+    with pytest.raises(ConfigError) as err:
+        validate(data)
+    text = "\n".join(err.value.problems)
+    assert "staff name 'bob' is used more than once" in text
+    assert "staff[0].channels: unknown channel 'nowhere'" in text
+    assert "staff[1].addresses: support@example.test is one of the system's own addresses" in text
 
 
 def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
@@ -93,7 +117,13 @@ def test_durations() -> None:
         parse_duration("soon")
 
 
-def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HELPDESK_REPLY_SECRET", raising=False)
+    assert cli.main(["check-config", str(ROOT / "channels.yaml")]) == 1
+    assert "reply_secret: environment variable HELPDESK_REPLY_SECRET is not set" in capsys.readouterr().err
+    monkeypatch.setenv("HELPDESK_REPLY_SECRET", "a-long-random-secret")
     assert cli.main(["check-config", str(ROOT / "channels.yaml")]) == 0
     bad = tmp_path / "channels.yaml"
     bad.write_text("channels:\n  - name: support\n    addresses: [support@example.test]\n")

@@ -46,6 +46,21 @@ class Outcome(StrEnum):
     IGNORED = "ignored"
 
 
+class OutboxState(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class OutboxKind(StrEnum):
+    ACK = "ack"
+    NOTIFICATION = "notification"
+    REPLY = "reply"
+    COMMAND_ERROR = "command_error"
+    FAILURE_NOTICE = "failure_notice"
+
+
 class Organisation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
@@ -93,6 +108,7 @@ class Ticket(SQLModel, table=True):
     category: str | None = None
     owner: str | None = None
     assignee: str | None = None
+    creator: str | None = None
     contact_id: int | None = Field(default=None, foreign_key="contact.id", index=True)
     organisation_id: int | None = Field(default=None, foreign_key="organisation.id", index=True)
     linked_ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
@@ -155,6 +171,7 @@ class Item(SQLModel, table=True):
     body_quoted: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     body_html: str | None = Field(default=None, sa_column=Column(Text))
     raw_message_id: int | None = Field(default=None, foreign_key="raw_message.id", index=True)
+    author: str | None = None  # the staff member who wrote an outbound message or note
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
@@ -201,3 +218,48 @@ class MailboxState(SQLModel, table=True):
     last_uid: int = 0
     last_poll_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Outbox(SQLModel, table=True):
+    """One mail to one recipient, complete as it will be sent. Written in the transaction of the
+    change that causes it; the Message-ID and bytes never change, so a retry sends the same mail."""
+
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
+    item_id: int | None = Field(default=None, foreign_key="item.id")
+    kind: OutboxKind = Field(sa_type=String(16))
+    message_id: str = Field(unique=True)
+    envelope_from: str
+    recipient: str = Field(index=True)
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    state: OutboxState = Field(default=OutboxState.QUEUED, sa_type=String(16))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class TicketWatcher(SQLModel, table=True):
+    """A staff member who gets every item of a ticket by mail."""
+
+    __tablename__ = "ticket_watcher"
+    ticket_id: int = Field(primary_key=True, foreign_key="ticket.id")
+    staff: str = Field(primary_key=True)
+    reason: str = ""
+    added_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class TimeEntry(SQLModel, table=True):
+    """Time worked on a ticket, as recorded by ``#time`` (the basis of billing)."""
+
+    __tablename__ = "time_entry"
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    staff: str
+    minutes: int
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    item_id: int | None = Field(default=None, foreign_key="item.id")
+    created_at: datetime = Field(sa_type=UTCDateTime)
