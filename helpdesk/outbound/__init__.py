@@ -1,0 +1,1 @@
+"""Outgoing mail: handing messages to the SMTP relay."""
