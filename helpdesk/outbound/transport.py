@@ -1,0 +1,327 @@
+"""Hand outgoing mail to the configured SMTP server with aiosmtplib.
+
+``SmtpTransport.deliver()`` sends a batch of envelopes over one SMTP session and returns one
+:class:`Delivery` per envelope: ``SENT`` (the server took responsibility), ``PERMANENT`` (a 5xx
+reply: retrying cannot help) or ``TEMPORARY`` (a 4xx reply, or the server could not be reached,
+timed out, failed TLS, hung up, or our own credentials are wrong or missing: try again later).
+Our own misconfiguration never fails a message permanently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPConnectResponseError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPNotSupported,
+    SMTPRecipientRefused,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+)
+
+from helpdesk.config import SmtpConfig, TlsMode, resolve_secret
+from helpdesk.mailboxes.imap import tls_context
+
+log = logging.getLogger(__name__)
+
+SecretResolver = Callable[[str | None], str | None]
+
+AUTH_REQUIRED = 530
+CLOSE_WAIT = 2.0  # seconds to let a closed connection finish its TLS shutdown
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message to send: the SMTP envelope and the complete message, sent byte for byte."""
+
+    key: int  # the caller's id (the outbox row)
+    sender: str  # MAIL FROM
+    recipients: tuple[str, ...]
+    data: bytes
+
+
+class DeliveryStatus(StrEnum):
+    SENT = "sent"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome for one envelope; ``detail`` is the server's reply or the error."""
+
+    key: int
+    status: DeliveryStatus
+    detail: str
+
+
+class _NoSession(Exception):
+    """No usable SMTP session; ``detail`` says why."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _reply(code: int, message: str) -> str:
+    return f"{code} {' '.join(message.split())}"
+
+
+def _status_for(code: int) -> DeliveryStatus:
+    """5xx is final, anything else (4xx, odd codes) worth another try; 530 means we did not log in."""
+    if 500 <= code < 600 and code != AUTH_REQUIRED:
+        return DeliveryStatus.PERMANENT
+    return DeliveryStatus.TEMPORARY
+
+
+def _unusable(address: str) -> bool:
+    """True when ``address`` cannot go on an SMTP command line as it is (aiosmtplib would rewrite it)."""
+    return any(c.isspace() or c in '<>"' or not c.isprintable() for c in address)
+
+
+def _is_refused(exc: BaseException | None) -> bool:
+    """A refused connection (also when asyncio reports one failure per address of the host)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    text = str(exc)
+    return text.startswith("Multiple exceptions") and f"[Errno {errno.ECONNREFUSED}]" in text
+
+
+def _refused(recipients: Sequence[SMTPRecipientRefused]) -> str:
+    return "; ".join(f"<{r.recipient}> {_reply(r.code, r.message)}" for r in recipients)
+
+
+class SmtpTransport:
+    """Sends batches of envelopes to ``config``'s server, one SMTP session per batch."""
+
+    def __init__(self, config: SmtpConfig, secret: SecretResolver = resolve_secret) -> None:
+        self.config = config
+        self._secret = secret
+
+    @property
+    def server(self) -> str:
+        host = self.config.host
+        return f"[{host}]:{self.config.effective_port}" if ":" in host else f"{host}:{self.config.effective_port}"
+
+    def deliver(self, envelopes: Sequence[Envelope]) -> list[Delivery]:
+        """Send ``envelopes``; one result per envelope, in order.
+
+        Runs its own event loop, so it must not be called from a coroutine: use ``deliver_async`` there.
+        """
+        return asyncio.run(self.deliver_async(envelopes))
+
+    async def deliver_async(self, envelopes: Sequence[Envelope]) -> list[Delivery]:
+        """Send ``envelopes`` over one session (reconnecting once if the server hangs up mid-batch)."""
+        if not envelopes:
+            return []
+        results: list[Delivery]
+        problem: str | None
+        try:
+            password = self._password()
+        except _NoSession as exc:
+            results, problem = self._defer(envelopes, exc.detail), exc.detail
+        else:
+            results, problem = await self._send_all(envelopes, password)
+        self._log(results, problem)
+        return results
+
+    # --- session ---------------------------------------------------------------------------------
+
+    def _password(self) -> str | None:
+        if self.config.user is None:
+            return None
+        if self.config.password is None:
+            raise _NoSession(f"smtp.user is {self.config.user} but smtp.password is not configured")
+        try:
+            return self._secret(self.config.password)
+        except KeyError as exc:
+            raise _NoSession(f"smtp.password: {exc.args[0] if exc.args else exc}") from None
+        except ValueError as exc:
+            raise _NoSession(f"smtp.password: {exc}") from None
+
+    async def _send_all(
+        self, envelopes: Sequence[Envelope], password: str | None
+    ) -> tuple[list[Delivery], str | None]:
+        results: list[Delivery] = []
+        smtp: aiosmtplib.SMTP | None = None
+        reconnected = False
+        problem: str | None = None
+        try:
+            for index, envelope in enumerate(envelopes):
+                if smtp is None or not smtp.is_connected:
+                    if smtp is not None:
+                        lost = f"connection to {self.server} lost"
+                        if reconnected:
+                            problem = f"{lost} again; not attempted"
+                            results.extend(self._defer(envelopes[index:], problem))
+                            break
+                        reconnected = True
+                    try:
+                        smtp = await self._connect(password)
+                    except _NoSession as exc:
+                        problem = exc.detail
+                        results.extend(self._defer(envelopes[index:], exc.detail))
+                        break
+                results.append(await self._send(smtp, envelope))
+        finally:
+            if smtp is not None:
+                await self._quit(smtp)
+        return results, problem
+
+    async def _connect(self, password: str | None) -> aiosmtplib.SMTP:
+        """Connect, say EHLO, secure the session per ``config.tls`` and log in when a user is set."""
+        config = self.config
+        context: ssl.SSLContext | None = None
+        if config.tls is not TlsMode.NONE:
+            try:
+                context = tls_context(config.verify_tls, config.ca_file)
+            except OSError as exc:  # ssl.SSLError is an OSError too
+                raise _NoSession(f"cannot load smtp.ca_file {config.ca_file}: {exc}") from None
+        smtp = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.effective_port,
+            timeout=config.timeout,
+            use_tls=config.tls is TlsMode.IMPLICIT,
+            start_tls=config.tls is TlsMode.STARTTLS,
+            tls_context=context,
+        )
+        try:
+            await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except SMTPHeloError:
+                    await smtp.helo()
+        except (SMTPException, OSError) as exc:
+            smtp.close()
+            raise _NoSession(self._connect_problem(exc)) from None
+        if config.user is not None:
+            try:
+                await smtp.login(config.user, password or "")
+            except (SMTPException, OSError) as exc:
+                await self._quit(smtp)
+                raise _NoSession(self._login_problem(config.user, exc)) from None
+        return smtp
+
+    def _connect_problem(self, exc: BaseException) -> str:
+        cause = exc.__cause__
+        if isinstance(exc, TimeoutError):  # SMTPTimeoutError and its connect variant are TimeoutErrors
+            return f"timed out after {self.config.timeout:g} s ({self.server}: {exc})"
+        if isinstance(exc, ssl.SSLError) or isinstance(cause, ssl.SSLError):
+            return f"TLS with {self.server} failed: {cause if isinstance(cause, ssl.SSLError) else exc}"
+        if _is_refused(exc) or _is_refused(cause):
+            return f"connection refused: {self.server}"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {self.config.host}: {cause.strerror or cause}"
+        if isinstance(exc, SMTPConnectResponseError):
+            return f"{self.server} refused the session: {_reply(exc.code, exc.message)}"
+        if isinstance(exc, SMTPResponseException):
+            return f"{self.server} answered {_reply(exc.code, exc.message)} while setting up the session"
+        if isinstance(exc, SMTPServerDisconnected):
+            return f"{self.server} closed the connection while setting up the session: {exc}"
+        if isinstance(exc, SMTPException):
+            return f"{self.server}: {exc.message}"
+        return f"cannot connect to {self.server}: {exc}"
+
+    def _login_problem(self, user: str, exc: BaseException) -> str:
+        if isinstance(exc, SMTPResponseException):
+            reason = _reply(exc.code, exc.message)
+        elif isinstance(exc, TimeoutError):
+            reason = f"timed out after {self.config.timeout:g} s"
+        elif isinstance(exc, SMTPException):
+            reason = exc.message
+        else:
+            reason = str(exc) or type(exc).__name__
+        return f"SMTP authentication as {user} at {self.server} failed: {reason}"
+
+    async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        """Say QUIT (errors do not matter any more) and wait briefly until the connection is closed."""
+        protocol = smtp.protocol
+        if smtp.is_connected:
+            with contextlib.suppress(SMTPException, OSError):
+                await smtp.quit()
+        smtp.close()
+        if protocol is not None:
+            # A TLS connection needs a few more turns of the loop to shut down before the loop may end.
+            deadline = asyncio.get_running_loop().time() + min(self.config.timeout, CLOSE_WAIT)
+            while protocol.transport is not None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+
+    # --- transactions ----------------------------------------------------------------------------
+
+    async def _send(self, smtp: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
+        """One transaction; aiosmtplib sends RSET itself after a refused one."""
+
+        def result(status: DeliveryStatus, detail: str) -> Delivery:
+            return Delivery(envelope.key, status, detail)
+
+        if not envelope.recipients:
+            return result(DeliveryStatus.PERMANENT, "no recipients")
+        addresses = (envelope.sender, *envelope.recipients)
+        bad = [a for a in addresses if _unusable(a)] + [a for a in envelope.recipients if not a]
+        if bad:
+            return result(DeliveryStatus.PERMANENT, "not a usable envelope address: " + ", ".join(map(repr, bad)))
+        options = [] if all(a.isascii() for a in addresses) else ["SMTPUTF8"]
+        try:
+            errors, reply = await smtp.sendmail(
+                envelope.sender, list(envelope.recipients), envelope.data, mail_options=options
+            )
+        except SMTPRecipientsRefused as exc:
+            refused = exc.recipients
+            detail = _reply(refused[0].code, refused[0].message) if len(refused) == 1 else _refused(refused)
+            final = bool(refused) and all(_status_for(r.code) is DeliveryStatus.PERMANENT for r in refused)
+            return result(DeliveryStatus.PERMANENT if final else DeliveryStatus.TEMPORARY, detail)
+        except SMTPResponseException as exc:  # sender refused, DATA refused, other replies
+            detail = _reply(exc.code, exc.message)
+            if exc.code == AUTH_REQUIRED:
+                detail += " (the server wants authentication: set smtp.user and smtp.password)"
+            return result(_status_for(exc.code), detail)
+        except SMTPNotSupported as exc:
+            return result(DeliveryStatus.PERMANENT, exc.message)
+        except TimeoutError:
+            return result(DeliveryStatus.TEMPORARY, f"timed out after {self.config.timeout:g} s")
+        except (SMTPServerDisconnected, OSError) as exc:
+            return result(DeliveryStatus.TEMPORARY, f"connection to {self.server} lost: {exc}")
+        except SMTPException as exc:
+            return result(DeliveryStatus.TEMPORARY, exc.message)
+        except ValueError as exc:  # an address that cannot go on an SMTP command line
+            return result(DeliveryStatus.PERMANENT, f"cannot be sent: {exc}")
+        detail = f"250 {' '.join(reply.split())}"
+        if errors:
+            detail += "; refused: " + "; ".join(
+                f"<{address}> {_reply(response.code, response.message)}" for address, response in errors.items()
+            )
+        return result(DeliveryStatus.SENT, detail)
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _defer(envelopes: Sequence[Envelope], detail: str) -> list[Delivery]:
+        return [Delivery(e.key, DeliveryStatus.TEMPORARY, detail) for e in envelopes]
+
+    def _log(self, results: Sequence[Delivery], problem: str | None) -> None:
+        counts = {status: 0 for status in DeliveryStatus}
+        for delivery in results:
+            counts[delivery.status] += 1
+        log.info(
+            "smtp %s: %d sent, %d deferred, %d failed%s",
+            self.server,
+            counts[DeliveryStatus.SENT],
+            counts[DeliveryStatus.TEMPORARY],
+            counts[DeliveryStatus.PERMANENT],
+            f" ({problem})" if problem else "",
+        )
