@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from helpdesk import config as config_mod
 from helpdesk.config import Config, ConfigError
+from helpdesk.outbound.mailer import SecretMissing
 from helpdesk.store import queries
 from helpdesk.store.db import make_engine, transaction
 from helpdesk.store.migrate import upgrade
@@ -275,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
+    except SecretMissing as exc:
+        print(f"{exc} (it signs the reply addresses of every mail sent; set it in the environment)", file=sys.stderr)
         return 2
 
 

@@ -18,12 +18,16 @@ from types import FrameType
 
 from sqlalchemy import Engine
 
-from helpdesk.config import Config, ConfigError, MailboxConfig
+from helpdesk.config import Config, ConfigError, MailboxConfig, SmtpConfig
 from helpdesk.intake.runner import Clock, Intake, utcnow
 from helpdesk.mailboxes.base import Backoff, Mailbox, PermanentError, PollReport, TemporaryError
 from helpdesk.mailboxes.imap import ImapMailbox
 from helpdesk.mailboxes.lmtp import Listener
 from helpdesk.mailboxes.pop3 import Pop3Mailbox
+from helpdesk.outbound.failures import FailureRecorder
+from helpdesk.outbound.mailer import Mailer, SecretMissing
+from helpdesk.outbound.sender import OutboxSender, SendReport, Transport
+from helpdesk.outbound.transport import SmtpTransport
 from helpdesk.store.db import make_engine, transaction
 from helpdesk.store.migrate import upgrade
 from helpdesk.store.models import MailboxState
@@ -71,6 +75,7 @@ def record_mailbox_error(engine: Engine, mailbox: MailboxConfig, error: str) -> 
 class OnceSummary:
     reports: list[PollReport] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    sent: SendReport = field(default_factory=SendReport)
 
 
 class Daemon:
@@ -80,19 +85,30 @@ class Daemon:
         engine: Engine | None = None,
         clock: Clock = utcnow,
         mailbox_factory: Callable[[MailboxConfig], Mailbox] = make_mailbox,
+        transport_factory: Callable[[SmtpConfig], Transport] = SmtpTransport,
     ) -> None:
         self.config = config
         self.engine = engine or make_engine(config.database_url)
         upgrade(self.engine)
         self.clock = clock
-        self.intake = Intake(self.engine, config, clock)
         self.mailbox_factory = mailbox_factory
+        self.transport_factory = transport_factory
+        self._build(config)
         self.stop_event = threading.Event()  # the whole daemon stops
         self.listener: Listener | None = None
         self._workers_stop = threading.Event()  # this generation of workers stops (reload)
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
+        self._outbox_wake = threading.Event()
         self._reload_requested = False
+
+    def _build(self, config: Config) -> None:
+        """The parts that depend on the configuration (rebuilt on reload)."""
+        mailer = Mailer(config)
+        self.intake = Intake(self.engine, config, self.clock, mailer)
+        self.sender = OutboxSender(
+            self.engine, config, self.clock, FailureRecorder(config, mailer), self.transport_factory
+        )
 
     # --- single pass -----------------------------------------------------------------------------
 
@@ -110,6 +126,7 @@ class Daemon:
                 log.error("mailbox %s: %s", box_config.name, exc)
             finally:
                 box.close()
+        summary.sent = self.sender.run_once()
         return summary
 
     # --- long-running ----------------------------------------------------------------------------
@@ -123,6 +140,7 @@ class Daemon:
                 backoff.reset()
                 if report.fetched:
                     log.info("mailbox %s: %d messages imported", box.name, report.fetched)
+                    self._outbox_wake.set()
                 self._wait(box, box_config.poll_interval, stop)
             except (TemporaryError, PermanentError) as exc:
                 delay = backoff.next_delay()
@@ -150,12 +168,26 @@ class Daemon:
                 return
             waited += chunk
 
+    def _outbox_worker(self, stop: threading.Event) -> None:
+        """Send due mail; wake early when intake has queued some."""
+        interval = self.config.smtp.poll_interval
+        while not stop.is_set():
+            try:
+                self.sender.run_once()
+            except Exception:  # the database may be away: log, wait, go on
+                log.exception("outbox: sending failed; retrying in %.0f s", interval)
+            self._outbox_wake.wait(interval)
+            self._outbox_wake.clear()
+
     def _start_workers(self) -> None:
         self.intake.process_pending()
         if self.config.listener.enabled:
             self.listener = Listener(self.intake, self.config)
             self.listener.start()
         stop = self._workers_stop = threading.Event()
+        outbox_thread = threading.Thread(target=self._outbox_worker, args=(stop,), name="outbox", daemon=True)
+        outbox_thread.start()
+        self._threads.append(outbox_thread)
         for _channel, box_config in self.config.mailboxes():
             thread = threading.Thread(
                 target=self._worker, args=(box_config, stop), name=f"mailbox-{box_config.name}", daemon=True
@@ -165,6 +197,7 @@ class Daemon:
 
     def _stop_workers(self) -> None:
         self._workers_stop.set()
+        self._outbox_wake.set()
         if self.listener is not None:
             self.listener.stop()
             self.listener = None
@@ -196,13 +229,19 @@ class Daemon:
             log.error("configuration not reloaded, the running one stays: %s", "; ".join(exc.problems))
             sd_notify("READY=1")
             return False
+        try:
+            Mailer(config)
+        except SecretMissing as exc:
+            log.error("configuration not reloaded, the running one stays: %s", exc)
+            sd_notify("READY=1")
+            return False
         if config.database_url != self.config.database_url:
             log.warning("database_url changed: that takes effect only after a restart")
             config = config.model_copy(update={"database_url": self.config.database_url})
         self._stop_workers()
         self.intake.close()
         self.config = config
-        self.intake = Intake(self.engine, config, self.clock)
+        self._build(config)
         self._start_workers()
         log.info("configuration reloaded: %d channel(s), %d mailbox(es)", len(config.channels), len(config.mailboxes()))
         sd_notify("READY=1")

@@ -23,6 +23,14 @@ POSTGRES_URL = os.environ.get("HELPDESK_TEST_POSTGRES_URL", "postgresql://postgr
 IN_CI = os.environ.get("CI") == "true"
 
 
+TEST_REPLY_SECRET = "test-secret-for-signed-reply-addresses"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every daemon the tests start (in process or as a child) signs reply addresses with this secret."""
+    os.environ.setdefault("HELPDESK_REPLY_SECRET", TEST_REPLY_SECRET)
+
+
 def require(reason: str | None) -> None:
     """Skip when a needed service is missing; under CI=true that is a failure instead."""
     if reason is None:

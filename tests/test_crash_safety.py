@@ -33,6 +33,7 @@ from helpdesk.store.models import (
     Item,
     ItemKind,
     MailboxState,
+    Outbox,
     Outcome,
     RawMessage,
     RawState,
@@ -326,7 +327,13 @@ def verify(engine: Engine, mails: list[Mail], by_id: dict[str, Mail], uidvalidit
 
     # Items: no Message-ID in two items, no raw message behind two items.
     inbound = [i for i in items if i.direction == Direction.INBOUND]
-    assert len(inbound) == len(items)
+    acks = [i for i in items if i.direction == Direction.OUTBOUND]
+    assert all(i.kind == "auto_reply" and i.raw_message_id is None for i in acks)
+    assert len(inbound) + len(acks) == len(items)
+    assert not {t for t, n in Counter(i.ticket_id for i in acks).items() if n > 1}, "a ticket acknowledged twice"
+    with Session(engine) as session:
+        queued = Counter(session.exec(select(Outbox.message_id).where(Outbox.kind == "ack")).all())
+    assert queued == Counter(i.message_id for i in acks), "acknowledgement items and outbox rows disagree"
     item_ids = Counter(i.message_id for i in inbound)
     assert not {m for m, n in item_ids.items() if n > 1}, "a Message-ID sits in two items"
     assert not {r for r, n in Counter(i.raw_message_id for i in inbound).items() if n > 1}

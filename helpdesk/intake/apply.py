@@ -2,86 +2,27 @@
 
 from __future__ import annotations
 
-from helpdesk.intake.prepare import customer_text
+from helpdesk.intake.items import MAX_SUBJECT, add_item
+from helpdesk.intake.staff import handle_staff_mail
 from helpdesk.intake.steps import Action, Context, Plan
-from helpdesk.mail.parse import Address
 from helpdesk.store import queries
-from helpdesk.store.models import (
-    Direction,
-    ItemKind,
-    Outcome,
-    RawState,
-    Ticket,
-    Visibility,
-)
+from helpdesk.store.models import ItemKind, Outcome, RawState, Ticket, Visibility
+from helpdesk.tickets import actions, people
 
 SYSTEM_ACTOR = "system:intake"
-MAX_SUBJECT = 998
 
 _OUTCOMES = {
     Action.NEW_TICKET: Outcome.TICKET,
     Action.NEW_LINKED: Outcome.TICKET,
     Action.FOLLOW_UP: Outcome.FOLLOW_UP,
     Action.REOPEN: Outcome.FOLLOW_UP,
+    Action.STAFF: Outcome.STAFF,
     Action.AUTO_REPLY: Outcome.AUTO_REPLY,
     Action.BOUNCE: Outcome.BOUNCE,
     Action.DUPLICATE: Outcome.DUPLICATE,
     Action.IGNORE: Outcome.IGNORED,
     Action.QUARANTINE: Outcome.QUARANTINED,
 }
-
-
-def _addresses(addresses: tuple[Address, ...]) -> str | None:
-    return ", ".join(a.email for a in addresses if a.email) or None
-
-
-def _add_item(
-    ctx: Context,
-    plan: Plan,
-    ticket_id: int,
-    *,
-    kind: ItemKind = ItemKind.MESSAGE,
-    visibility: Visibility = Visibility.CUSTOMER,
-) -> int:
-    mail = plan.parsed
-    reply = plan.prepared.reply if plan.prepared is not None else customer_text(mail)
-    item_id = queries.insert_item(
-        ctx.session,
-        {
-            "ticket_id": ticket_id,
-            "direction": Direction.INBOUND.value,
-            "kind": kind.value,
-            "visibility": visibility.value,
-            "message_id": mail.message_id,
-            "in_reply_to": mail.in_reply_to[0] if mail.in_reply_to else None,
-            "from_address": plan.sender or None,
-            "from_name": plan.sender_name or None,
-            "to_addresses": _addresses(mail.to),
-            "cc_addresses": _addresses(mail.cc),
-            "subject": mail.subject[:MAX_SUBJECT],
-            "body_text": reply.text,
-            "body_quoted": reply.quoted,
-            "body_html": mail.html or None,
-            "raw_message_id": plan.raw.id,
-            "created_at": ctx.now,
-        },
-    )
-    queries.insert_attachments(
-        ctx.session,
-        [
-            {
-                "item_id": item_id,
-                "blob_sha256": queries.store_blob(ctx.session, part.payload),
-                "filename": part.filename,
-                "content_type": part.content_type,
-                "content_id": part.content_id,
-                "disposition": part.disposition,
-                "size": len(part.payload),
-            }
-            for part in mail.attachments
-        ],
-    )
-    return item_id
 
 
 def _ensure_contact(ctx: Context, plan: Plan) -> None:
@@ -100,7 +41,8 @@ def _ensure_contact(ctx: Context, plan: Plan) -> None:
 
 def _open_ticket(ctx: Context, plan: Plan) -> tuple[int, str]:
     assert plan.channel is not None
-    _ensure_contact(ctx, plan)
+    if plan.staff is None:
+        _ensure_contact(ctx, plan)
     channel_id = ctx.channel_ids[plan.channel.name]
     number = f"{plan.channel.prefix}-{queries.next_ticket_number(ctx.session, channel_id)}"
     linked = plan.ticket if plan.action is Action.NEW_LINKED else None
@@ -117,14 +59,17 @@ def _open_ticket(ctx: Context, plan: Plan) -> tuple[int, str]:
             "contact_id": plan.contact_id,
             "organisation_id": plan.organisation_id,
             "linked_ticket_id": linked.id if linked else None,
+            "creator": plan.staff.name if plan.staff else None,
             "created_at": ctx.now,
             "updated_at": ctx.now,
         },
     )
+    creator = f"staff:{plan.staff.name}" if plan.staff else f"customer:{plan.sender}"
     queries.audit(
-        ctx.session, ticket_id=ticket_id, action="created", actor=f"customer:{plan.sender}", now=ctx.now,
-        field="status", new="new",
+        ctx.session, ticket_id=ticket_id, action="created", actor=creator, now=ctx.now, field="status", new="new"
     )
+    if plan.staff is not None:
+        people.add_watcher(ctx.session, ticket_id, plan.staff.name, "creator", ctx.now)
     if plan.rule:
         queries.audit(
             ctx.session, ticket_id=ticket_id, action="routed", actor=SYSTEM_ACTOR, now=ctx.now,
@@ -138,14 +83,15 @@ def _open_ticket(ctx: Context, plan: Plan) -> tuple[int, str]:
     return ticket_id, number
 
 
-def set_status(ctx: Context, ticket: Ticket, status: str, actor: str) -> None:
-    if ticket.status == status:
-        return
+def _customer_item(ctx: Context, plan: Plan, ticket_id: int) -> int:
+    """The customer's mail on the ticket; a mail whose staff From is unproven is kept internal and flagged."""
+    if plan.suspicious is None:
+        return add_item(ctx, plan, ticket_id)
     queries.audit(
-        ctx.session, ticket_id=ticket.id, action="status_changed", actor=actor, now=ctx.now,
-        field="status", old=ticket.status, new=status,
+        ctx.session, ticket_id=ticket_id, action="suspicious_sender", actor=SYSTEM_ACTOR, now=ctx.now,
+        field="from", new=plan.suspicious,
     )
-    queries.update_row(ctx.session, ticket, status=status, updated_at=ctx.now)
+    return add_item(ctx, plan, ticket_id, visibility=Visibility.INTERNAL)
 
 
 def _touch(ctx: Context, ticket: Ticket) -> int:
@@ -162,7 +108,7 @@ def _bounce(ctx: Context, plan: Plan) -> None:
         if queries.flag_bouncing(ctx.session, address, bounce.diagnostic, bounce.permanent, ctx.now):
             plan.notes.append(f"flagged contact address {address} as bouncing")
     if plan.ticket is not None:
-        _add_item(ctx, plan, _touch(ctx, plan.ticket), kind=ItemKind.BOUNCE, visibility=Visibility.INTERNAL)
+        add_item(ctx, plan, _touch(ctx, plan.ticket), kind=ItemKind.BOUNCE, visibility=Visibility.INTERNAL)
         queries.audit(
             ctx.session, ticket_id=plan.ticket.id, action="bounce", actor=SYSTEM_ACTOR, now=ctx.now,
             field="recipient", new=", ".join(bounce.recipients) or None,
@@ -180,19 +126,23 @@ def apply_plan(ctx: Context, plan: Plan) -> Outcome:
     match plan.action:
         case Action.NEW_TICKET | Action.NEW_LINKED:
             ticket_id, number = _open_ticket(ctx, plan)
-            _add_item(ctx, plan, ticket_id)
+            _customer_item(ctx, plan, ticket_id)
         case Action.FOLLOW_UP:
             assert ticket is not None
-            _add_item(ctx, plan, _touch(ctx, ticket))
-            if ticket.status == "pending":
-                set_status(ctx, ticket, "open", actor)
+            _customer_item(ctx, plan, _touch(ctx, ticket))
+            if ticket.status == "pending" and plan.suspicious is None:
+                actions.set_status(ctx.session, ticket, "open", actor, ctx.now)
         case Action.REOPEN:
             assert ticket is not None
-            _add_item(ctx, plan, _touch(ctx, ticket))
-            set_status(ctx, ticket, "open", actor)
+            _customer_item(ctx, plan, _touch(ctx, ticket))
+            if plan.suspicious is None:
+                actions.set_status(ctx.session, ticket, "open", actor, ctx.now)
+        case Action.STAFF:
+            assert ticket is not None
+            handle_staff_mail(ctx, plan, ticket)
         case Action.AUTO_REPLY:
             if ticket is not None:
-                _add_item(ctx, plan, _touch(ctx, ticket), kind=ItemKind.AUTO_REPLY, visibility=Visibility.INTERNAL)
+                add_item(ctx, plan, _touch(ctx, ticket), kind=ItemKind.AUTO_REPLY, visibility=Visibility.INTERNAL)
         case Action.BOUNCE:
             _bounce(ctx, plan)
         case Action.DUPLICATE | Action.IGNORE | Action.QUARANTINE:

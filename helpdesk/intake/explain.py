@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from helpdesk.config import Config
+from helpdesk.config import Config, resolve_secret
 from helpdesk.intake.runner import utcnow
 from helpdesk.intake.steps import Context, StepError, make_plan
 from helpdesk.store import queries
@@ -19,9 +19,13 @@ def explain(session: Session, config: Config, data: bytes, mailbox: str | None =
         size=len(data), received_at=now,
     )
     mailbox_channel = next((c.name for c, m in config.mailboxes() if m.name == mailbox), None)
+    try:
+        secret = (resolve_secret(config.reply_secret) or "").encode() or None
+    except KeyError:
+        secret = None
     ctx = Context(
         session=session, config=config, now=now, channel_ids=queries.channel_ids(session),
-        mailbox_channel=mailbox_channel,
+        mailbox_channel=mailbox_channel, secret=secret,
     )
     try:
         plan = make_plan(raw, data, ctx)
@@ -39,6 +43,7 @@ def explain(session: Session, config: Config, data: bytes, mailbox: str | None =
         f"channel:        {plan.channel.name if plan.channel else '-'} ({plan.channel_reason or 'not routed'})",
         f"rule:           {plan.rule or '-'}",
         f"priority:       {plan.priority}  category: {plan.category or '-'}  type: {plan.type or '-'}",
+        f"staff:          {plan.staff.name + ' (' + plan.trusted_by + ')' if plan.staff else '-'}",
         f"thread:         {plan.ticket.number if plan.ticket else '-'}"
         + (f" by {plan.thread_reason}" if plan.thread_reason else ""),
         f"outcome:        {plan.action} - {plan.reason}",

@@ -16,7 +16,9 @@ from sqlmodel import Session, col, select
 from helpdesk.config import Config
 from helpdesk.intake.apply import apply_plan
 from helpdesk.intake.prepare import Prepared, Preparer
+from helpdesk.intake.react import react
 from helpdesk.intake.steps import Context, StepError, make_plan
+from helpdesk.outbound.mailer import Mailer
 from helpdesk.store import queries
 from helpdesk.store.db import transaction
 from helpdesk.store.models import Outcome, RawMessage, RawState, Ticket
@@ -58,10 +60,11 @@ class Result:
 class Intake:
     """Stores and processes inbound mail for one configuration and database."""
 
-    def __init__(self, engine: Engine, config: Config, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, config: Config, clock: Clock = utcnow, mailer: Mailer | None = None) -> None:
         self.engine = engine
         self.config = config
         self.clock = clock
+        self.mailer = mailer or Mailer(config)
         with transaction(engine) as session:
             queries.sync_config(session, config, clock())
             self.channel_ids = queries.channel_ids(session)
@@ -98,6 +101,8 @@ class Intake:
             now=self.clock(),
             channel_ids=self.channel_ids,
             mailbox_channel=self._mailbox_channels.get(raw.source),
+            secret=self.mailer.secret,
+            mailer=self.mailer,
         )
 
     def process(self, raw_id: int, key: str = "") -> Result:
@@ -148,6 +153,7 @@ class Intake:
                     raw, data if data is not None else queries.raw_bytes(session, raw_id), ctx, prepared
                 )
                 apply_plan(ctx, plan)
+                react(ctx, plan)
                 session.flush()
         except (OperationalError, InterfaceError):
             raise

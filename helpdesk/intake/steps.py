@@ -14,11 +14,15 @@ from enum import StrEnum
 
 from sqlmodel import Session
 
-from helpdesk.config import ChannelConfig, Config, RuleConfig, UnknownSenders
+from helpdesk.config import ChannelConfig, Config, RuleConfig, StaffConfig, UnknownSenders
 from helpdesk.intake.prepare import Prepared
+from helpdesk.mail.authres import authenticated_domain
 from helpdesk.mail.classify import Classification, Kind, classify
 from helpdesk.mail.parse import ParsedMail, parse_message
 from helpdesk.mail.threading import candidate_recipients, fingerprint, reference_chain, tagged_numbers
+from helpdesk.mail.tokens import Token, TokenKind, find_token
+from helpdesk.outbound import outbox
+from helpdesk.outbound.mailer import Mailer
 from helpdesk.store import queries
 from helpdesk.store.models import RawMessage, Ticket
 
@@ -31,6 +35,7 @@ class Action(StrEnum):
     FOLLOW_UP = "follow_up"
     REOPEN = "reopen"
     NEW_LINKED = "new_linked_ticket"
+    STAFF = "staff"
     AUTO_REPLY = "auto_reply"
     BOUNCE = "bounce"
     DUPLICATE = "duplicate"
@@ -47,6 +52,8 @@ class Context:
     now: datetime
     channel_ids: dict[str, int]
     mailbox_channel: str | None = None
+    secret: bytes | None = None  # signs and checks reply addresses; None: no token is trusted
+    mailer: Mailer | None = None  # None: nothing is sent (route test)
 
     def channel_of(self, ticket: Ticket) -> ChannelConfig:
         """The configured channel a stored ticket belongs to (the default one if it was removed)."""
@@ -84,7 +91,15 @@ class Plan:
     reason: str = ""
     duplicate_of: int | None = None
     fingerprint: str | None = None
+    token: Token | None = None
+    staff: StaffConfig | None = None  # set only when the sender is staff and proved it
+    trusted_by: str = ""
+    suspicious: str | None = None  # a staff From header without proof
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def as_note(self) -> bool:
+        return self.token is not None and self.token.kind is TokenKind.NOTE
 
     def settle(self, action: Action, reason: str) -> bool:
         self.action = action
@@ -166,6 +181,50 @@ def identify_step(plan: Plan, ctx: Context) -> bool:
     return False
 
 
+RECIPIENT_HEADERS = ("delivered-to", "x-original-to", "envelope-to")
+
+
+def recipient_addresses(mail: ParsedMail, envelope_to: str | None) -> list[str]:
+    """Every address the mail was sent to: envelope, To, Cc and the delivery headers."""
+    found = [a for a in (envelope_to or "").split(",") if a]
+    found += [a.email for a in (*mail.to, *mail.cc) if a.email]
+    for name in RECIPIENT_HEADERS:
+        found += [v.strip().strip("<>") for v in mail.headers.get(name, ())]
+    return found
+
+
+def trust_step(plan: Plan, ctx: Context) -> bool:
+    """Who is writing: a staff member who proved it (signed reply address or our receiving server's
+    DKIM/SPF verdict), a customer answering through their reply address, or someone unproven."""
+    if plan.classification is None or plan.classification.kind is not Kind.CUSTOMER or not plan.sender:
+        return False
+    mail = plan.parsed
+    token = find_token(recipient_addresses(mail, plan.raw.envelope_to), plan.sender, ctx.secret) if ctx.secret else None
+    ticket = ctx.session.get(Ticket, token.ticket_id) if token is not None else None
+    if token is not None and ticket is not None:
+        plan.token, plan.ticket = token, ticket
+        plan.thread_reason = f"signed reply address {token.address}"
+    member = ctx.config.staff_by_address(plan.sender)
+    if member is None:
+        return False
+    if plan.token is not None:
+        plan.staff, plan.trusted_by = member, f"signed reply address {plan.token.address}"
+        return False
+    trust = ctx.config.trust
+    verdict = authenticated_domain(
+        mail.headers.get("authentication-results", ()), plan.sender, trust.authserv_ids, trust.methods
+    )
+    if verdict is not None:
+        plan.staff, plan.trusted_by = member, verdict
+    else:
+        plan.suspicious = (
+            f"From claims staff member {member.name} ({plan.sender}), but the mail has no valid signed reply "
+            f"address and no passing {'/'.join(trust.methods)} result from a trusted receiving server"
+        )
+        plan.notes.append(plan.suspicious)
+    return False
+
+
 def _channel_for_address(config: Config, address: str) -> ChannelConfig | None:
     for channel in config.channels:
         if address in channel.addresses:
@@ -227,7 +286,12 @@ def _find_thread(plan: Plan, ctx: Context) -> tuple[Ticket, str] | None:
         ticket = queries.ticket_by_number(ctx.session, number)
         if ticket is not None:
             return ticket, f"subject tag [{number}]"
-    found = queries.ticket_by_message_ids(ctx.session, reference_chain(mail))
+    chain = reference_chain(mail)
+    found = queries.ticket_by_message_ids(ctx.session, chain)
+    if found is None:
+        sent = outbox.ticket_of_message_ids(ctx.session, chain)
+        ticket = ctx.session.get(Ticket, sent[0]) if sent is not None else None
+        found = (ticket, sent[1]) if ticket is not None and sent is not None else None
     if found is not None:
         ticket, mid = found
         header = "In-Reply-To" if mid in mail.in_reply_to else "References"
@@ -235,7 +299,24 @@ def _find_thread(plan: Plan, ctx: Context) -> tuple[Ticket, str] | None:
     return None
 
 
+def _belongs_to(ctx: Context, plan: Plan, ticket: Ticket) -> bool:
+    """Whether the sender is part of the ticket: its contact, the same organisation, staff who proved
+    it, or someone who wrote to it or was written to from it before."""
+    if plan.staff is not None:
+        return True
+    if plan.contact_id is not None and plan.contact_id == ticket.contact_id:
+        return True
+    if plan.organisation_id is not None and plan.organisation_id == ticket.organisation_id:
+        return True
+    assert ticket.id is not None
+    return queries.has_written_to(ctx.session, ticket.id, plan.sender) or outbox.was_sent_to(
+        ctx.session, ticket.id, plan.sender
+    )
+
+
 def thread_step(plan: Plan, ctx: Context) -> bool:
+    if plan.ticket is not None:  # found through a signed reply address
+        return False
     kind = plan.classification.kind if plan.classification else Kind.CUSTOMER
     if kind is Kind.BOUNCE and plan.classification and plan.classification.bounce:
         original = (plan.classification.bounce.original_message_id or "").strip().strip("<>")
@@ -267,8 +348,16 @@ def decide_step(plan: Plan, ctx: Context) -> bool:
             Action.QUARANTINE, f"{who}: channel {plan.channel.name} accepts mail from known contacts only"
         )
     ticket = plan.ticket
+    if plan.staff is not None and ticket is not None:
+        return plan.settle(Action.STAFF, f"staff member {plan.staff.name} on {ticket.number} ({plan.trusted_by})")
     if ticket is None:
         return plan.settle(Action.NEW_TICKET, f"new enquiry in channel {plan.channel.name}")
+    if (plan.thread_reason or "").startswith("subject tag") and not _belongs_to(ctx, plan, ticket):
+        return plan.settle(
+            Action.NEW_LINKED,
+            f"subject tag of {ticket.number} from {plan.sender or 'an unknown sender'}, who is not part of "
+            "that ticket: new ticket linked to it for review",
+        )
     if ticket.status not in CLOSED_STATUSES:
         return plan.settle(Action.FOLLOW_UP, f"follow-up to {ticket.number} by {plan.thread_reason}")
     window = ctx.channel_of(ticket).reopen_window
@@ -288,6 +377,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("duplicate", duplicate_step),
     ("classify", classify_step),
     ("identify", identify_step),
+    ("trust", trust_step),
     ("route", route_step),
     ("thread", thread_step),
     ("decide", decide_step),

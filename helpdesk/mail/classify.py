@@ -39,6 +39,11 @@ _AUTO_SUBJECT = re.compile(
 _NOREPLY_LOCAL = re.compile(r"^(?:no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer[-_]daemon|postmaster)\b", re.I)
 
 
+def is_noreply(address: str) -> bool:
+    """A robot's address (no-reply, mailer-daemon, postmaster): never answer it."""
+    return bool(_NOREPLY_LOCAL.match(address.split("@", 1)[0]))
+
+
 class Kind(StrEnum):
     CUSTOMER = "customer"
     AUTO_REPLY = "auto_reply"

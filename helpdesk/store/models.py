@@ -39,6 +39,7 @@ class RawState(StrEnum):
 class Outcome(StrEnum):
     TICKET = "ticket"
     FOLLOW_UP = "follow_up"
+    STAFF = "staff"
     AUTO_REPLY = "auto_reply"
     BOUNCE = "bounce"
     QUARANTINED = "quarantined"

@@ -393,6 +393,54 @@ def store_blob(session: Session, data: bytes) -> str:
     return digest
 
 
+def has_written_to(session: Session, ticket_id: int, address: str) -> bool:
+    """Whether ``address`` sent a mail that is stored on the ticket."""
+    stmt = sa_select(_ITEM.c.id).where(_ITEM.c.ticket_id == ticket_id, _ITEM.c.from_address == address.lower())
+    return session.connection().execute(stmt.limit(1)).first() is not None
+
+
+class ThreadInfo(NamedTuple):
+    """The customer side of a ticket's conversation: whom to answer and which mails to reference."""
+
+    last_from: tuple[str, str] | None  # (name, address) of the latest inbound customer mail
+    last_message_id: str | None
+    message_ids: list[str]  # customer-visible messages, oldest first
+
+
+def customer_thread(session: Session, ticket_id: int) -> ThreadInfo:
+    stmt = (
+        sa_select(_ITEM.c.direction, _ITEM.c.message_id, _ITEM.c.from_name, _ITEM.c.from_address)
+        .where(_ITEM.c.ticket_id == ticket_id, _ITEM.c.visibility == "customer")
+        .order_by(_ITEM.c.created_at, _ITEM.c.id)
+    )
+    last_from: tuple[str, str] | None = None
+    last_id: str | None = None
+    ids: list[str] = []
+    for direction, message_id, name, address in session.connection().execute(stmt):
+        if message_id:
+            ids.append(message_id)
+        if direction == Direction.INBOUND.value and address:
+            last_from, last_id = (name or "", address), message_id
+    return ThreadInfo(last_from, last_id, ids)
+
+
+def contact_address(session: Session, contact_id: int) -> tuple[str, str] | None:
+    """A contact's (name, address) to write to, preferring an address that does not bounce."""
+    stmt = (
+        select(Contact.name, ContactAddress.address)
+        .join(ContactAddress, col(ContactAddress.contact_id) == col(Contact.id))
+        .where(Contact.id == contact_id)
+        .order_by(col(ContactAddress.bouncing), col(ContactAddress.address))
+    )
+    row = session.exec(stmt).first()
+    return (row[0], row[1]) if row else None
+
+
+def address_bouncing(session: Session, address: str) -> bool:
+    row = session.get(ContactAddress, address.lower())
+    return bool(row and row.bouncing)
+
+
 def count_items(session: Session, ticket_id: int, direction: Direction | None = None) -> int:
     stmt = select(func.count()).select_from(Item).where(Item.ticket_id == ticket_id)
     if direction is not None:

@@ -40,10 +40,14 @@ def tickets(engine: Engine) -> list[Ticket]:
         return list(session.exec(select(Ticket).order_by(col(Ticket.id))).all())
 
 
-def items(engine: Engine, number: str) -> list[Item]:
+def items(engine: Engine, number: str, direction: str | None = "inbound") -> list[Item]:
+    """The ticket's items (inbound only unless ``direction`` says otherwise; None: all)."""
     with Session(engine) as session:
         ticket = session.exec(select(Ticket).where(Ticket.number == number)).one()
-        return list(session.exec(select(Item).where(Item.ticket_id == ticket.id).order_by(col(Item.id))).all())
+        stmt = select(Item).where(Item.ticket_id == ticket.id)
+        if direction is not None:
+            stmt = stmt.where(Item.direction == direction)
+        return list(session.exec(stmt.order_by(col(Item.id))).all())
 
 
 def audit(engine: Engine, number: str) -> list[tuple[str, str | None, str | None, str | None]]:

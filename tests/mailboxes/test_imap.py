@@ -36,7 +36,8 @@ def ticket_count(engine: Engine) -> int:
 
 def inbound_ids(engine: Engine) -> list[str | None]:
     with Session(engine) as session:
-        return list(session.exec(select(Item.message_id).order_by(col(Item.id))).all())
+        stmt = select(Item.message_id).where(Item.direction == "inbound")
+        return list(session.exec(stmt.order_by(col(Item.id))).all())
 
 
 def outcomes(engine: Engine) -> list[str | None]:
