@@ -16,11 +16,12 @@ from sqlmodel import Session, col, select
 
 from helpdesk import config as config_mod
 from helpdesk.config import Config, ConfigError
+from helpdesk.intake.runner import utcnow
 from helpdesk.outbound.mailer import SecretMissing
 from helpdesk.store import queries
 from helpdesk.store.db import make_engine, transaction
 from helpdesk.store.migrate import upgrade
-from helpdesk.store.models import Item, RawMessage, RawState, Ticket
+from helpdesk.store.models import Item, Outbox, RawMessage, RawState, Ticket
 
 DEFAULT_CONFIG = "channels.yaml"
 
@@ -83,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = daemon.run_once()
         fetched = sum(r.fetched for r in summary.reports)
         print(f"imported {fetched} message(s) from {len(summary.reports)} mailbox(es)")
+        sent = summary.sent
+        print(f"outbox: {sent.sent} sent, {sent.deferred} deferred, {sent.failed} failed")
         for name, error in summary.errors.items():
             print(f"mailbox {name}: {error}", file=sys.stderr)
         daemon.close()
@@ -204,6 +207,44 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0 if result.state != RawState.QUARANTINED else 1
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from helpdesk.outbound import outbox
+
+    _cfg, engine = _engine(args)
+    if args.action == "list":
+        with Session(engine) as session:
+            stmt = select(Outbox).order_by(col(Outbox.id))
+            states = [args.state] if args.state else ["queued", "sending", "failed"]
+            stmt = stmt.where(col(Outbox.state).in_(states))
+            rows = session.exec(stmt).all()
+            for row in rows:
+                ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+                print(
+                    f"{row.id}\t{row.created_at:%Y-%m-%d %H:%M}\t{row.state}\t{row.kind}\t"
+                    f"{ticket.number if ticket else '-'}\t{row.recipient}\t{row.attempts}\t{row.last_error or ''}"
+                )
+            print(f"{len(rows)} mail(s) {'/'.join(states)}", file=sys.stderr)
+        return 0
+    if args.id is None:
+        print(f"outbox {args.action}: give a mail id (see 'helpdesk outbox list')", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        with Session(engine) as session:
+            mail = session.get(Outbox, args.id)
+            if mail is None:
+                print(f"no mail {args.id} in the outbox", file=sys.stderr)
+                return 1
+            sys.stdout.write(mail.data.decode("utf-8", errors="replace"))
+        return 0
+    with transaction(engine) as session:
+        done = outbox.requeue(session, args.id, utcnow())
+    if not done:
+        print(f"mail {args.id} is not a failed mail", file=sys.stderr)
+        return 1
+    print(f"mail {args.id} queued again")
+    return 0
+
+
 def cmd_route_test(args: argparse.Namespace) -> int:
     from helpdesk.intake.explain import explain
 
@@ -239,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db_upgrade)
+
+    out = add("outbox", cmd_outbox, "inspect mail waiting to be sent or failed, and send a failed one again")
+    out.add_argument("action", choices=["list", "show", "retry"])
+    out.add_argument("id", nargs="?", type=int)
+    out.add_argument("--state", choices=["queued", "sending", "sent", "failed"], help="list only this state")
 
     quarantine = add("quarantine", cmd_quarantine, "inspect and retry messages that could not be processed")
     quarantine.add_argument("action", choices=["list", "show", "retry", "retry-all", "export"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -43,8 +43,15 @@ def parse_duration(value: object) -> timedelta:
         match = DURATION.match(value)
         if match:
             return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        if value.strip().upper().startswith("P"):  # ISO 8601, e.g. P2D or PT3H
+            try:
+                return _ISO_DURATION.validate_python(value.strip())
+            except ValidationError:
+                pass
     raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 2h, 14d)")
 
+
+_ISO_DURATION = TypeAdapter(timedelta)
 
 Duration = Annotated[timedelta, Field(json_schema_extra={"format": "duration"})]
 

@@ -22,6 +22,7 @@ def setup(tmp_path: Path, dovecot: Any, mail_user: str, monkeypatch: pytest.Monk
     data = base_config()
     data["channels"][0]["mailboxes"] = [mailbox_entry(dovecot, mail_user)]
     data["database_url"] = f"sqlite:///{tmp_path / 'hd.db'}"
+    data["smtp"] = {"host": "127.0.0.1", "port": 9, "tls": "none", "retry_for": "0s", "timeout": 2}
     path = tmp_path / "channels.yaml"
     path.write_text(yaml.safe_dump(data))
     monkeypatch.delenv("HELPDESK_DATABASE_URL", raising=False)
@@ -40,7 +41,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def test_single_pass_and_exports(setup: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "-c", str(setup), "run", "--once")
-    assert code == 0 and "imported 4 message(s)" in out
+    assert code == 0 and "imported 4 message(s)" in out and "outbox: 0 sent, 0 deferred, 1 failed" in out
     _, out, _ = run(capsys, "-c", str(setup), "messages", "export", "--format", "json")
     messages = json.loads(out)
     assert [m["outcome"] for m in messages] == ["ticket", "follow_up", "auto_reply", "quarantined"]
@@ -52,9 +53,23 @@ def test_single_pass_and_exports(setup: Path, capsys: pytest.CaptureFixture[str]
         ("inbound", "message", "customer"),
         ("outbound", "auto_reply", "customer"),  # the acknowledgement
         ("inbound", "message", "customer"),
+        ("internal", "system", "internal"),  # the acknowledgement could not be delivered
     ]
     ids = [i["message_id"] for i in ticket["items"]]
     assert (ids[0], ids[2]) == ("one@acme.example", "two@acme.example") and ids[1].endswith("@example.test")
+
+    # Nothing listens on the configured SMTP port and retries are off: the acknowledgement failed.
+    code, out, err = run(capsys, "-c", str(setup), "outbox", "list")
+    [line] = out.splitlines()
+    mail_id, _at, state, kind, number, recipient, _attempts, error = line.split("\t")
+    assert (state, kind, number, recipient) == ("failed", "ack", "SUP-1", "alice@acme.example")
+    assert "refused" in error and "1 mail(s)" in err
+    _, out, _ = run(capsys, "-c", str(setup), "outbox", "show", mail_id)
+    assert "Auto-Submitted: auto-replied" in out and "[SUP-1]" in out
+    assert run(capsys, "-c", str(setup), "outbox", "retry", mail_id)[0] == 0
+    _, out, _ = run(capsys, "-c", str(setup), "outbox", "list", "--state", "queued")
+    assert out.split("\t")[0] == mail_id
+    assert run(capsys, "-c", str(setup), "outbox", "retry", mail_id)[0] == 1  # not failed any more
 
     code, out, err = run(capsys, "-c", str(setup), "quarantine", "list")
     assert "no usable sender address" in out and "1 message(s) in quarantine" in err

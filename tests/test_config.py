@@ -113,8 +113,10 @@ def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
 def test_durations() -> None:
     assert parse_duration("14d").days == 14
     assert parse_duration(90).total_seconds() == 90
-    with pytest.raises(ValueError):
-        parse_duration("soon")
+    assert parse_duration("PT3H").total_seconds() == 3 * 3600  # ISO 8601 as well
+    for bad in ("soon", "P", "Pfoo"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
 
 
 def test_check_config_command(

@@ -23,8 +23,8 @@ class FailureRecorder:
         self.config = config
         self.mailer = mailer
 
-    def __call__(self, session: Session, row: Claimed, reason: str, now: datetime) -> None:
-        if queries.flag_bouncing(session, row.recipient, reason, True, now):
+    def __call__(self, session: Session, row: Claimed, reason: str, now: datetime, refused: bool) -> None:
+        if refused and queries.flag_bouncing(session, row.recipient, reason, True, now):
             reason += f" (contact address {row.recipient} flagged as bouncing)"
         ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
         if ticket is None:

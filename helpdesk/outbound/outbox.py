@@ -178,3 +178,13 @@ def next_due(session: Session) -> datetime | None:
     )
     value = session.connection().execute(stmt).scalar_one()
     return value if isinstance(value, datetime) else None
+
+
+def requeue(session: Session, row_id: int, now: datetime) -> bool:
+    """Send a failed mail again (after the cause was fixed); False when it is not a failed mail."""
+    stmt = (
+        update(OUTBOX)
+        .where(OUTBOX.c.id == row_id, OUTBOX.c.state == OutboxState.FAILED.value)
+        .values(state=OutboxState.QUEUED.value, next_attempt_at=now, created_at=now)
+    )
+    return bool(session.connection().execute(stmt).rowcount)

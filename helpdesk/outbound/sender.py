@@ -25,8 +25,9 @@ from helpdesk.store.models import OutboxState
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-# Called inside the transaction that records a permanent failure: (session, claimed row, reason, now).
-FailureHook = Callable[[Session, outbox.Claimed, str, datetime], None]
+# Called inside the transaction that marks a mail failed: (session, claimed row, reason, now, whether the
+# receiving side refused it; False when we gave up retrying).
+FailureHook = Callable[[Session, outbox.Claimed, str, datetime, bool], None]
 
 
 class Transport(Protocol):
@@ -110,7 +111,7 @@ class OutboxSender:
                         reason = f"still failing after {retry_for} of retries: {reason}"
                     outbox.mark(session, row.id, state=OutboxState.FAILED, attempts=attempts, now=now, error=reason)
                     log.warning("outbox: mail %d to %s failed: %s", row.id, row.recipient, reason)
-                    self.on_failure(session, row, reason, now)
+                    self.on_failure(session, row, reason, now, delivery.status is DeliveryStatus.PERMANENT)
                     report.failed += 1
 
     def next_due(self) -> datetime | None:

@@ -22,7 +22,7 @@ from helpdesk.config import Config, validate
 from helpdesk.daemon import Daemon
 from helpdesk.mail.threading import base_address
 from helpdesk.mail.tokens import verify
-from helpdesk.store.models import AuditEvent, Item, Outbox, Ticket
+from helpdesk.store.models import AuditEvent, ContactAddress, Item, Outbox, Ticket
 from tests.conftest import TEST_REPLY_SECRET, Clock, base_config, mailbox_entry
 from tests.mailgen import make_mail
 from tests.servers.smtp import Received, SmtpSink
@@ -255,9 +255,25 @@ def test_refused_recipient_is_recorded_on_the_ticket_and_the_owner_told(
         actions = audit_of(engine, "SUP-1")
         [failure] = [new for action, _old, new, _ in actions if action == "delivery_failed"]
         assert failure is not None and failure.startswith("gone@acme.example: 550 5.1.1")
+        with Session(engine) as session:
+            address = session.get(ContactAddress, "gone@acme.example")
+        assert address is not None and address.bouncing  # no more acknowledgements to it
         # Nobody owns the ticket yet, so the channel team (Sam) hears of it.
         daemon.sender.run_once()
         subjects = [m["Subject"] for m in world.inbox("sam@example.test")]
         assert any("Delivery failed" in s for s in subjects), subjects
     finally:
         daemon.close()
+
+
+def test_running_daemon_sends_without_being_asked(world: World, engine: Engine) -> None:
+    """In the long-running daemon the outbox has a worker of its own; intake wakes it."""
+    world.sink.on_message = None
+    daemon = Daemon(flow_config(world), engine)
+    daemon.start()
+    try:
+        world.dovecot.append(world.users["support@example.test"], make_mail(message_id="live@acme.example"))
+        arrived = world.sink.wait_for(2, timeout=30)
+        assert sorted(r.rcpt_tos[0] for r in arrived) == ["alice@acme.example", "sam@example.test"]
+    finally:
+        daemon.stop()
