@@ -18,7 +18,8 @@ from sqlmodel import Session, col, select
 
 from helpdesk.config import validate
 from helpdesk.intake.runner import Incoming, Intake, Result
-from helpdesk.store.models import Item, Outcome, RawMessage
+from helpdesk.mail.classify import is_noreply
+from helpdesk.store.models import Item, Outbox, Outcome, RawMessage, Ticket
 from tests.conftest import Clock, base_config
 from tests.corpora import corpora_dir
 from tests.mail.test_bounce import FLUFL_OVERRIDES
@@ -96,6 +97,20 @@ def test_every_corpus_mail_through_the_pipeline(corpus_intake: Intake, sqlite_en
     with Session(sqlite_engine) as session:
         _imap_tools_agreement(root, results, session)
         _bounce_agreement(root, results, session)
+        _acknowledgements(results, session)
+
+
+def _acknowledgements(results: dict[str, Result], session: Session) -> None:
+    """Acknowledgements go only to people who opened a ticket: never to robots, bounces or auto-replies."""
+    acks = session.exec(select(Outbox).where(Outbox.kind == "ack")).all()
+    opened = {r.ticket_number for r in results.values() if r.outcome == Outcome.TICKET}
+    by_recipient = Counter(a.recipient for a in acks)
+    print(f"  acknowledgements queued: {len(acks)} for {len(opened)} new tickets")
+    numbers = {t.id: t.number for t in session.exec(select(Ticket)).all()}
+    assert all(numbers[a.ticket_id] in opened for a in acks if a.ticket_id is not None)
+    assert len({a.ticket_id for a in acks}) == len(acks), "a ticket acknowledged twice"
+    assert not [a.recipient for a in acks if is_noreply(a.recipient) or a.recipient.endswith("@example.test")]
+    assert max(by_recipient.values(), default=0) <= 30  # the per-recipient limit holds
 
 
 def _imap_tools_agreement(root: Path, results: dict[str, Result], session: Session) -> None:

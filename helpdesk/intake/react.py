@@ -28,8 +28,12 @@ def react(ctx: Context, plan: Plan) -> None:
     if new:
         refusal = ack_refusal(ctx, plan, ticket, channel)
         if refusal is None:
-            _acknowledge(ctx, ctx.mailer, plan, ticket, channel)
-        else:
+            try:
+                with ctx.session.begin_nested():
+                    _acknowledge(ctx, ctx.mailer, plan, ticket, channel)
+            except ValueError as exc:  # an address or header we cannot write: the ticket stands without
+                refusal = f"cannot write the mail: {exc}"
+        if refusal is not None:
             plan.notes.append(f"no acknowledgement: {refusal}")
     organisation = ctx.session.get(Organisation, ticket.organisation_id) if ticket.organisation_id else None
     view = ItemView(

@@ -227,24 +227,48 @@ def _reply(ctx: Context, plan: Plan, ticket: Ticket, member: StaffConfig, body: 
         ctx, plan, ticket_id, kind=ItemKind.MESSAGE, visibility=Visibility.CUSTOMER, direction=Direction.OUTBOUND,
         body=body, author=member.name, message_id=message_id,
     )
-    if to is None:
-        plan.notes.append("the ticket has no customer address: the reply is stored but not sent")
+    problem = "the ticket has no customer address" if to is None else None
+    if to is not None and ctx.mailer is not None:
+        try:
+            with ctx.session.begin_nested():
+                _relay(ctx, plan, ticket, member, body, to, thread, item_id, message_id)
+        except ValueError as exc:
+            problem = f"the mail to {to[1]} cannot be written: {exc}"
+    if problem is not None:
+        plan.notes.append(f"{problem}: the reply is stored but not sent")
         queries.audit(
-            ctx.session, ticket_id=ticket_id, action="reply_not_sent", actor="system:mail", now=ctx.now,
-            new="no customer address",
+            ctx.session, ticket_id=ticket_id, action="reply_not_sent", actor="system:mail", now=ctx.now, new=problem
         )
-        return
-    if ctx.mailer is not None:
-        attachments = [
-            OutgoingAttachment(
-                filename=a.filename, content_type=a.content_type, data=a.payload, content_id=a.content_id,
-                inline=a.disposition == "inline",
+        if ctx.mailer is not None:
+            mail = plan.parsed
+            ctx.mailer.command_error(
+                ctx.session, ctx.now, ticket, ctx.channel_of(ticket), (member.label, plan.sender),
+                [f"your reply was stored on the ticket but not sent: {problem}"], mail.subject, Thread(mail.message_id),
             )
-            for a in plan.parsed.attachments
-        ]
-        ctx.mailer.relay(
-            ctx.session, ctx.now, ticket, ctx.channel_of(ticket), to, member, body,
-            reply_subject(ticket.subject, f"[{ticket.number}]"),
-            Thread(thread.last_message_id, tuple(thread.message_ids)), attachments, item_id, message_id,
-        )
     _notify_team(ctx, plan, ticket, member, body, internal=False, mentioned=[])
+
+
+def _relay(
+    ctx: Context,
+    plan: Plan,
+    ticket: Ticket,
+    member: StaffConfig,
+    body: str,
+    to: tuple[str, str],
+    thread: queries.ThreadInfo,
+    item_id: int,
+    message_id: str,
+) -> None:
+    assert ctx.mailer is not None
+    attachments = [
+        OutgoingAttachment(
+            filename=a.filename, content_type=a.content_type, data=a.payload, content_id=a.content_id,
+            inline=a.disposition == "inline",
+        )
+        for a in plan.parsed.attachments
+    ]
+    ctx.mailer.relay(
+        ctx.session, ctx.now, ticket, ctx.channel_of(ticket), to, member, body,
+        reply_subject(ticket.subject, f"[{ticket.number}]"),
+        Thread(thread.last_message_id, tuple(thread.message_ids)), attachments, item_id, message_id,
+    )

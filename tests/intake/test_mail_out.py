@@ -338,3 +338,20 @@ def test_stranger_quoting_a_tag_gets_a_new_linked_ticket(desk: Intake, engine: E
     # A colleague from the customer's organisation may add to the ticket.
     colleague = make_mail(sender="bob@acme.example", subject="Re: [SUP-1] Printer does not print", body="Same here")
     assert deliver(desk, colleague).ticket_number == "SUP-1"
+
+
+def test_address_we_cannot_write_to_never_costs_the_mail(desk: Intake, engine: Engine) -> None:
+    """An internationalised address: the ticket opens, no acknowledgement; a staff answer is kept and
+    the staff member is told it could not be sent."""
+    raw = (
+        "From: Jörg <jdöe@mächine.example>\r\nTo: support@example.test\r\nSubject: Drucker\r\n"
+        "Message-ID: <intl@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGeht nicht.\r\n"
+    ).encode()
+    result = deliver(desk, raw)
+    assert (result.outcome, result.ticket_number) == (Outcome.TICKET, "SUP-1")
+    assert outbox(engine, kind="ack") == []
+    deliver(desk, staff_mail("Hello Jörg, fixed."))
+    assert [i.body_text.strip() for i in items(engine) if i.direction == "outbound"] == ["Hello Jörg, fixed."]
+    assert any(action == "reply_not_sent" for action, _new, _actor in audit_actions(engine))
+    [told] = outbox(engine, "sam@example.test", "command_error")
+    assert "stored on the ticket but not sent" in text_of(parsed(told))
