@@ -145,6 +145,9 @@ def test_round_trip_customer_staff_customer(world: World, engine: Engine, clock:
         text = plain(relayed)
         assert "please switch it off and on" in text
         assert "#status" not in text and "floor 2" not in text  # commands and the quoted notification removed
+        html = relayed.get_body(preferencelist=("html",))
+        assert html is not None and "please switch it off and on" in str(html.get_content())  # type: ignore[attr-defined]
+        assert verify(relayed["Reply-To"].addresses[0].addr_spec, "alice@acme.example", SECRET) is not None
 
         # 3. The customer answers the relayed mail: same ticket, back with us.
         clock.advance(hours=3)
