@@ -355,3 +355,18 @@ def test_address_we_cannot_write_to_never_costs_the_mail(desk: Intake, engine: E
     assert any(action == "reply_not_sent" for action, _new, _actor in audit_actions(engine))
     [told] = outbox(engine, "sam@example.test", "command_error")
     assert "stored on the ticket but not sent" in text_of(parsed(told))
+
+
+def test_channel_templates_override_the_shipped_ones(engine: Engine, clock: Clock, tmp_path: Any) -> None:
+    (tmp_path / "ack.subject.txt").write_text("{{ tag }} Wir haben Ihre Anfrage erhalten")
+    (tmp_path / "ack.html").write_text("<p>Danke, {{ customer_name }}! Ticket {{ ticket.number }}</p>")
+    data = base_config(staff=STAFF)
+    data["channels"][0]["templates"] = str(tmp_path)
+    desk = Intake(engine, validate(data), clock)
+    deliver(desk, make_mail(sender="Bob <bob@acme.example>", body="<b>bold</b>"))
+    [ack] = outbox(engine, "bob@acme.example", "ack")
+    message = parsed(ack)
+    assert message["Subject"] == "[SUP-1] Wir haben Ihre Anfrage erhalten"
+    html = message.get_body(preferencelist=("html",))
+    assert html is not None and "Danke, Bob! Ticket SUP-1" in str(html.get_content())  # type: ignore[attr-defined]
+    assert "SUP-1" in text_of(message)  # the text part is still the shipped one
