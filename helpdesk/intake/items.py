@@ -70,7 +70,7 @@ def add_item(
             "subject": mail.subject[:MAX_SUBJECT],
             "body_text": reply.text if body is None else body,
             "body_quoted": reply.quoted,
-            "body_html": mail.html or None if body is None else None,
+            "body_html": (mail.html or None) if body is None else None,  # a replaced text has no HTML twin
             "raw_message_id": plan.raw.id,
             "author": author,
             "created_at": ctx.now,

@@ -35,13 +35,16 @@ def react(ctx: Context, plan: Plan) -> None:
                 refusal = f"cannot write the mail: {exc}"
         if refusal is not None:
             plan.notes.append(f"no acknowledgement: {refusal}")
+    author = plan.staff.name if plan.staff else None
+    members = people.to_notify(ctx.session, ctx.config, ticket, channel.name, exclude=author)
+    if not members:
+        return
     organisation = ctx.session.get(Organisation, ticket.organisation_id) if ticket.organisation_id else None
     view = ItemView(
         from_name=plan.sender_name, from_address=plan.sender, body_text=reply_of(plan).text, created_at=ctx.now,
         attachment_names=[a.filename or "(unnamed)" for a in plan.parsed.attachments],
     )
-    author = plan.staff.name if plan.staff else None
-    for member in people.to_notify(ctx.session, ctx.config, ticket, channel.name, exclude=author):
+    for member in members:
         ctx.mailer.notify(
             ctx.session, ctx.now, ticket, channel, member, "notify_new" if new else "notify_reply",
             item=view, organisation=organisation.name if organisation else None,
@@ -74,11 +77,10 @@ def ack_refusal(ctx: Context, plan: Plan, ticket: Ticket, channel: ChannelConfig
 
 def _acknowledge(ctx: Context, mailer: Mailer, plan: Plan, ticket: Ticket, channel: ChannelConfig) -> None:
     mail = plan.parsed
-    references = (*mail.references, mail.message_id) if mail.message_id else mail.references
     message_id = make_message_id(ctx.config.message_id_domain, ctx.now)
     queued = mailer.acknowledge(
         ctx.session, ctx.now, ticket, channel, (plan.sender_name, plan.sender),
-        Thread(mail.message_id or None, tuple(references)), message_id,
+        Thread.answering(mail.message_id, mail.references), message_id,
     )
     queries.insert_item(
         ctx.session,

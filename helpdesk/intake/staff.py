@@ -117,12 +117,18 @@ def _refuse(ctx: Context, plan: Plan, ticket: Ticket, member: StaffConfig, error
         new="; ".join(errors),
     )
     plan.notes.append("nothing executed: " + "; ".join(errors))
-    if ctx.mailer is not None:
-        mail = plan.parsed
-        ctx.mailer.command_error(
-            ctx.session, ctx.now, ticket, ctx.channel_of(ticket), (member.label, plan.sender), errors, mail.subject,
-            Thread(mail.message_id, (*mail.references, mail.message_id) if mail.message_id else mail.references),
-        )
+    _tell_author(ctx, plan, ticket, member, errors)
+
+
+def _tell_author(ctx: Context, plan: Plan, ticket: Ticket, member: StaffConfig, errors: list[str]) -> None:
+    """Answer the staff member's mail with what went wrong."""
+    if ctx.mailer is None:
+        return
+    mail = plan.parsed
+    ctx.mailer.command_error(
+        ctx.session, ctx.now, ticket, ctx.channel_of(ticket), (member.label, plan.sender), errors, mail.subject,
+        Thread.answering(mail.message_id, mail.references),
+    )
 
 
 def handle_staff_mail(ctx: Context, plan: Plan, ticket: Ticket) -> None:
@@ -239,12 +245,7 @@ def _reply(ctx: Context, plan: Plan, ticket: Ticket, member: StaffConfig, body: 
         queries.audit(
             ctx.session, ticket_id=ticket_id, action="reply_not_sent", actor="system:mail", now=ctx.now, new=problem
         )
-        if ctx.mailer is not None:
-            mail = plan.parsed
-            ctx.mailer.command_error(
-                ctx.session, ctx.now, ticket, ctx.channel_of(ticket), (member.label, plan.sender),
-                [f"your reply was stored on the ticket but not sent: {problem}"], mail.subject, Thread(mail.message_id),
-            )
+        _tell_author(ctx, plan, ticket, member, [f"your reply was stored on the ticket but not sent: {problem}"])
     _notify_team(ctx, plan, ticket, member, body, internal=False, mentioned=[])
 
 

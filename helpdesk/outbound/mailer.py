@@ -56,6 +56,13 @@ class Thread:
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
 
+    @classmethod
+    def answering(cls, message_id: str | None, references: Sequence[str]) -> Thread:
+        """The headers of an answer to the mail with ``message_id`` and ``references``."""
+        if not message_id:
+            return cls(None, tuple(references))
+        return cls(message_id, (*references, message_id))
+
 
 def _ticket_view(ticket: Ticket) -> SimpleNamespace:
     return SimpleNamespace(

@@ -50,6 +50,8 @@ def to_notify(
 ) -> list[StaffConfig]:
     """Who hears of a new item: owner, assignee and watchers; the channel's team while nobody owns it."""
     assert ticket.id is not None
+    if not config.staff:
+        return []
     names = [n for n in (ticket.owner, ticket.assignee, *watchers(session, ticket.id)) if n]
     if ticket.owner is None:
         names.extend(s.name for s in channel_team(config, channel))
