@@ -88,7 +88,7 @@ def _fmt_interval(interval: Interval) -> str:
     return f"{_fmt(interval[0])}-{_fmt(interval[1], end=True)}"
 
 
-def _require_aware(instant: datetime, name: str) -> datetime:
+def require_aware(instant: datetime, name: str) -> datetime:
     if not isinstance(instant, datetime):
         raise TypeError(f"{name} must be a datetime, not {type(instant).__name__}")
     if instant.tzinfo is None or instant.utcoffset() is None:
@@ -286,13 +286,13 @@ class BusinessCalendar:
 
     def is_open(self, instant: datetime) -> bool:
         """Whether ``instant`` lies within business hours (intervals are half-open)."""
-        moment = _require_aware(instant, "instant")
+        moment = require_aware(instant, "instant")
         return any(start <= moment < end for start, end in self._intervals(moment, until=moment))
 
     def business_time(self, start: datetime, end: datetime) -> timedelta:
         """Business time between two aware instants; zero if ``end`` is not after ``start``."""
-        begin = _require_aware(start, "start")
-        finish = _require_aware(end, "end")
+        begin = require_aware(start, "start")
+        finish = require_aware(end, "end")
         total = timedelta(0)
         if finish <= begin:
             return total
@@ -309,7 +309,7 @@ class BusinessCalendar:
         returns that moment. Raises ``ValueError`` for a negative duration or if the
         calendar never opens again.
         """
-        begin = _require_aware(start, "start")
+        begin = require_aware(start, "start")
         if not isinstance(duration, timedelta):
             raise TypeError(f"duration must be a timedelta, not {type(duration).__name__}")
         if duration < timedelta(0):
