@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -52,6 +52,10 @@ def parse_duration(value: object) -> timedelta:
 
 
 _ISO_DURATION = TypeAdapter(timedelta)
+
+
+def optional_duration(value: object) -> timedelta | None:
+    return None if value is None else parse_duration(value)
 
 Duration = Annotated[timedelta, Field(json_schema_extra={"format": "duration"})]
 
@@ -189,6 +193,101 @@ class RuleConfig(_Model):
     set: RuleAction
 
 
+class ResponsibilityName(StrEnum):
+    """Where the ball is while a ticket has a status: with us, with the customer, or nowhere (done)."""
+
+    US = "us"
+    CUSTOMER = "customer"
+    DONE = "done"
+
+
+class StatusConfig(_Model):
+    """A ticket status. ``group`` names the main status it is a sub-status of (itself if none)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    label: str = ""
+    responsibility: ResponsibilityName
+    group: str | None = None
+
+
+DEFAULT_HOURS: dict[str, str | list[str]] = {"mon-fri": "08:00-17:00"}
+
+
+class CalendarConfig(_Model):
+    """Business hours: a time zone, weekly hours, public holidays (``holidays`` package) and extra dates."""
+
+    timezone: str
+    hours: dict[str, str | list[str]] = Field(default_factory=lambda: dict(DEFAULT_HOURS))
+    country: str | None = None
+    subdivision: str | None = None
+    holidays: list[date] = Field(default_factory=list)
+
+
+class TargetsConfig(_Model):
+    """Business time allowed for the first answer, each later answer, and the solution."""
+
+    first_response: Duration | None = None
+    next_response: Duration | None = None
+    resolution: Duration | None = None
+
+    _duration = field_validator("first_response", "next_response", "resolution", mode="before")(optional_duration)
+
+
+WARNING_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+class SlaPolicyConfig(_Model):
+    """Targets per priority (``default`` for the rest) over a calendar; warn at a share or before."""
+
+    calendar: str
+    warning: str = "75%"
+    targets: dict[str, TargetsConfig]
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, object] = {}
+        for key, targets in value.items():
+            name = str(key).strip().lower()
+            if name != "default" and name not in {"1", "2", "3", "4", "5"}:
+                raise ValueError(f"targets: {key!r} is neither 'default' nor a priority 1-5")
+            out[name] = targets
+        return out
+
+    @field_validator("warning")
+    @classmethod
+    def _warning(cls, value: str) -> str:
+        match = WARNING_RE.match(str(value))
+        if match:
+            share = float(match.group(1))
+            if not 0 < share < 100:
+                raise ValueError(f"warning share must lie between 0% and 100%, not {value}")
+            return value
+        parse_duration(value)
+        return str(value)
+
+    def targets_for(self, priority: int) -> TargetsConfig:
+        return self.targets.get(str(priority)) or self.targets.get("default") or TargetsConfig()
+
+
+class EscalationStep(_Model):
+    """After ``after`` of business time without a change: release the owner and/or move the ticket."""
+
+    after: Duration
+    release_owner: bool = False
+    move_to: str | None = None
+
+    _duration = field_validator("after", mode="before")(parse_duration)
+
+    @model_validator(mode="after")
+    def _does_something(self) -> EscalationStep:
+        if not self.release_owner and self.move_to is None:
+            raise ValueError("an escalation step must release the owner, move the ticket, or both")
+        return self
+
+
 class UnknownSenders(StrEnum):
     CREATE = "create"
     QUARANTINE = "quarantine"
@@ -206,6 +305,12 @@ class ChannelConfig(_Model):
     acknowledge: bool = True  # send the customer an acknowledgement for a new ticket
     from_name: str | None = None  # display name on mail from the channel address
     templates: str | None = None  # a directory whose templates override the shipped ones
+    workflow: str | None = None  # permitted status transitions (none: every transition)
+    sla: str | None = None  # the SLA policy of tickets in this channel (an organisation's overrides it)
+    calendar: str | None = None  # business hours for escalation when there is no SLA policy
+    escalation: list[EscalationStep] = Field(default_factory=list)
+    pending_auto_close: Duration | None = None  # close a pending ticket after this customer silence
+    auto_close_status: str = "closed"
 
     @property
     def address(self) -> str:
@@ -213,6 +318,7 @@ class ChannelConfig(_Model):
         return self.addresses[0]
 
     _duration = field_validator("reopen_window", mode="before")(parse_duration)
+    _auto_close = field_validator("pending_auto_close", mode="before")(optional_duration)
 
     _check_addresses = field_validator("addresses")(_mail_addresses)
 
@@ -221,6 +327,7 @@ class OrganisationConfig(_Model):
     name: str = Field(min_length=1)
     domains: list[str] = Field(default_factory=list)
     contacts: list[ContactConfig] = Field(default_factory=list)
+    sla: str | None = None  # the contract's SLA policy, overriding the channel's
 
     @field_validator("domains")
     @classmethod
@@ -323,6 +430,17 @@ class AckLimits(_Model):
     per_recipient: RateLimit = RateLimit(count=30, window=timedelta(minutes=10))
 
 
+class SchedulerConfig(_Model):
+    """How often the scheduler looks for due work, and how long a claim on a job lasts."""
+
+    sweep_interval: float = Field(default=30.0, gt=0)
+    batch_size: int = Field(default=500, ge=1, le=10000)
+    # A mailbox poll claimed by a daemon that died is free again after this.
+    lease: Duration = timedelta(minutes=5)
+
+    _duration = field_validator("lease", mode="before")(parse_duration)
+
+
 class ListenerConfig(_Model):
     """The LMTP (or SMTP) listener an MTA delivers into."""
 
@@ -350,6 +468,11 @@ class Config(_Model):
     mail_domain: str | None = None
     trust: TrustConfig = Field(default_factory=TrustConfig)
     acknowledgements: AckLimits = Field(default_factory=AckLimits)
+    statuses: list[StatusConfig] = Field(default_factory=list)  # added to (or replacing) the built-in ones
+    workflows: dict[str, dict[str, list[str]]] = Field(default_factory=dict)  # name -> from -> [to, ...]
+    calendars: dict[str, CalendarConfig] = Field(default_factory=dict)
+    sla_policies: dict[str, SlaPolicyConfig] = Field(default_factory=dict)
+    scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig())
 
     _check_secret = field_validator("reply_secret")(_env_reference)
 
@@ -383,6 +506,10 @@ class Config(_Model):
                         f"channels[{i}].rules[{j}].set.channel: unknown channel {rule.set.channel!r}"
                     )
         problems.extend(self._staff_problems(names))
+        if not problems:
+            from helpdesk.service import service_problems
+
+            problems.extend(service_problems(self))
         if self.default_channel is not None and self.default_channel not in names:
             problems.append(f"default_channel: unknown channel {self.default_channel!r}")
         if problems:

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
 
-KNOWN_COMMANDS = frozenset({"status", "owner", "assignee", "priority", "time", "close", "note", "watch", "unwatch"})
+KNOWN_COMMANDS = frozenset(
+    {"status", "owner", "assignee", "priority", "time", "close", "note", "watch", "unwatch", "snooze"}
+)
 OPTIONAL_ARGUMENT = frozenset({"close", "note", "watch", "unwatch"})
 MAX_WORK_MINUTES = 24 * 60
 
@@ -97,6 +101,36 @@ def parse_priority(text: str) -> int:
     if value not in {"1", "2", "3", "4", "5"}:
         raise ValueError("priority must be 1 (highest) to 5 (lowest)")
     return int(value)
+
+
+SNOOZE_OFF = frozenset({"off", "none", "-"})
+SNOOZE_MORNING = time(8, 0)  # a bare date means this local time on that day
+_SNOOZE_FOR = re.compile(r"^(\d+)\s*(h|hours?|d|days?|w|weeks?)$", re.IGNORECASE)
+_SNOOZE_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_snooze(text: str, now: datetime, timezone: str) -> datetime | None:
+    """The argument of ``#snooze``: until when (UTC); None for ``off``.
+
+    ``3d``, ``12h``, ``2w`` count from ``now``; ``2026-12-01`` means 08:00 local time that day and
+    ``2026-12-01 14:30`` that local time, in ``timezone``. The moment must lie in the future."""
+    value = text.strip()
+    if value.lower() in SNOOZE_OFF:
+        return None
+    match = _SNOOZE_FOR.match(value)
+    if match:
+        until = now + int(match.group(1)) * _SNOOZE_UNITS[match.group(2)[0].lower()]
+    else:
+        try:
+            local = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("use a duration (3d, 12h, 2w), a date (2026-12-01), a date and time, or off") from None
+        if len(value) <= 10:
+            local = datetime.combine(local.date(), SNOOZE_MORNING)
+        until = local.replace(tzinfo=ZoneInfo(timezone)) if local.tzinfo is None else local
+    if until <= now:
+        raise ValueError(f"{value} is not in the future")
+    return until.astimezone(ZoneInfo("UTC"))
 
 
 def _check(name: str, args: str) -> str | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from helpdesk.core.sla import Responsibility
 from helpdesk.intake.items import MAX_SUBJECT, add_item
 from helpdesk.intake.staff import handle_staff_mail
 from helpdesk.intake.steps import Action, Context, Plan
+from helpdesk.service import rules
 from helpdesk.store import queries
 from helpdesk.store.models import ItemKind, Outcome, RawState, Ticket, Visibility
 from helpdesk.tickets import actions, people
@@ -62,6 +64,7 @@ def _open_ticket(ctx: Context, plan: Plan) -> tuple[int, str]:
             "creator": plan.staff.name if plan.staff else None,
             "created_at": ctx.now,
             "updated_at": ctx.now,
+            "activity_at": ctx.now,
         },
     )
     creator = f"staff:{plan.staff.name}" if plan.staff else f"customer:{plan.sender}"
@@ -130,7 +133,8 @@ def apply_plan(ctx: Context, plan: Plan) -> Outcome:
         case Action.FOLLOW_UP:
             assert ticket is not None
             _customer_item(ctx, plan, _touch(ctx, ticket))
-            if ticket.status == "pending" and plan.suspicious is None:
+            waiting = rules(ctx.config).statuses.responsibility(ticket.status) is Responsibility.CUSTOMER
+            if waiting and plan.suspicious is None:
                 actions.set_status(ctx.session, ticket, "open", actor, ctx.now)
         case Action.REOPEN:
             assert ticket is not None

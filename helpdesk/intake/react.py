@@ -47,7 +47,7 @@ def react(ctx: Context, plan: Plan) -> None:
     for member in members:
         ctx.mailer.notify(
             ctx.session, ctx.now, ticket, channel, member, "notify_new" if new else "notify_reply",
-            item=view, organisation=organisation.name if organisation else None,
+            item=view, organisation=organisation.name if organisation else None, sla=plan.sla,
         )
 
 
@@ -80,7 +80,7 @@ def _acknowledge(ctx: Context, mailer: Mailer, plan: Plan, ticket: Ticket, chann
     message_id = make_message_id(ctx.config.message_id_domain, ctx.now)
     queued = mailer.acknowledge(
         ctx.session, ctx.now, ticket, channel, (plan.sender_name, plan.sender),
-        Thread.answering(mail.message_id, mail.references), message_id,
+        Thread.answering(mail.message_id, mail.references), message_id, sla=plan.sla,
     )
     queries.insert_item(
         ctx.session,

@@ -18,6 +18,7 @@ from helpdesk.intake.apply import apply_plan
 from helpdesk.intake.prepare import Prepared, Preparer
 from helpdesk.intake.react import react
 from helpdesk.intake.steps import Context, StepError, make_plan
+from helpdesk.intake.track import track
 from helpdesk.outbound.mailer import Mailer
 from helpdesk.store import queries
 from helpdesk.store.db import transaction
@@ -153,6 +154,7 @@ class Intake:
                     raw, data if data is not None else queries.raw_bytes(session, raw_id), ctx, prepared
                 )
                 apply_plan(ctx, plan)
+                track(ctx, plan)
                 react(ctx, plan)
                 session.flush()
         except (OperationalError, InterfaceError):

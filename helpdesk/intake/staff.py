@@ -13,11 +13,13 @@ from collections.abc import Callable
 from sqlalchemy import insert
 
 from helpdesk.config import StaffConfig, StaffRole
-from helpdesk.core.commands import Command, StaffMail, parse_priority, parse_staff_mail, parse_work_time
+from helpdesk.core.commands import Command, StaffMail, parse_priority, parse_snooze, parse_staff_mail, parse_work_time
+from helpdesk.core.workflow import TransitionRefused
 from helpdesk.intake.items import add_item, reply_of
 from helpdesk.intake.steps import Context, Plan
 from helpdesk.mail.compose import OutgoingAttachment, make_message_id, reply_subject
 from helpdesk.outbound.mailer import ItemView, Thread
+from helpdesk.service import rules
 from helpdesk.store import queries
 from helpdesk.store.models import Direction, ItemKind, Ticket, TimeEntry, Visibility
 from helpdesk.tickets import actions, people
@@ -50,11 +52,18 @@ def _plan_command(ctx: Context, member: StaffConfig, ticket: Ticket, command: Co
     match command.name:
         case "status" | "close":
             status = "closed" if command.name == "close" else command.args.strip().lower()
-            if status not in actions.STATUSES:
-                raise Refused(f"#status {command.args}: unknown status (use one of {', '.join(actions.STATUSES[1:])})")
-            if status == "new":
-                raise Refused("#status new: a ticket cannot go back to new")
+            service = rules(ctx.config)
+            try:
+                service.statuses.check(service.workflow(channel), ticket.status, status)
+            except TransitionRefused as exc:
+                raise Refused(f"#{command.name} {command.args}: {exc}".replace(" :", ":")) from None
             return lambda: actions.set_status(session, ticket, status, actor, now)
+        case "snooze":
+            try:
+                until = parse_snooze(command.args, now, rules(ctx.config).calendar(channel).timezone)
+            except ValueError as exc:
+                raise Refused(f"#snooze {command.args}: {exc}") from None
+            return lambda: actions.set_field(session, ticket, "snoozed_until", until, actor, now)
         case "owner" | "assignee":
             value = _staff_value(ctx, member, command, channel)
             lead = member.role is not StaffRole.AGENT

@@ -23,10 +23,11 @@ from helpdesk.mail.threading import candidate_recipients, fingerprint, reference
 from helpdesk.mail.tokens import Token, TokenKind, find_token
 from helpdesk.outbound import outbox
 from helpdesk.outbound.mailer import Mailer
+from helpdesk.service import rules
 from helpdesk.store import queries
 from helpdesk.store.models import RawMessage, Ticket
+from helpdesk.tickets.clockview import ClockView
 
-CLOSED_STATUSES = frozenset({"solved", "closed"})
 NO_SENDER = "the mail has no usable sender address (no From, Sender, Reply-To, Return-Path or envelope sender)"
 
 
@@ -96,6 +97,7 @@ class Plan:
     trusted_by: str = ""
     suspicious: str | None = None  # a staff From header without proof
     notes: list[str] = field(default_factory=list)
+    sla: list[ClockView] = field(default_factory=list)  # the ticket's clocks after the mail, for mails
 
     @property
     def as_note(self) -> bool:
@@ -358,7 +360,7 @@ def decide_step(plan: Plan, ctx: Context) -> bool:
             f"subject tag of {ticket.number} from {plan.sender or 'an unknown sender'}, who is not part of "
             "that ticket: new ticket linked to it for review",
         )
-    if ticket.status not in CLOSED_STATUSES:
+    if not rules(ctx.config).statuses.is_done(ticket.status):
         return plan.settle(Action.FOLLOW_UP, f"follow-up to {ticket.number} by {plan.thread_reason}")
     window = ctx.channel_of(ticket).reopen_window
     since = ctx.now - _reopen_reference(ticket)

@@ -106,6 +106,7 @@ class Mailer:
                 name=channel.name, label=channel.from_name or channel.name, address=channel.address
             ),
             "recipient_name": recipient_name,
+            "sla": [],
             **extra,
         }
 
@@ -169,9 +170,11 @@ class Mailer:
         to: tuple[str, str],
         thread: Thread,
         message_id: str | None = None,
+        sla: Sequence[object] = (),
     ) -> Queued:
         assert ticket.id is not None
-        rendered = self.templates(channel).render("ack", self._context(ticket, channel, to[0], customer_name=to[0]))
+        context = self._context(ticket, channel, to[0], customer_name=to[0], sla=list(sla))
+        rendered = self.templates(channel).render("ack", context)
         return self._queue(
             session, now, kind=OutboxKind.ACK, ticket=ticket, channel=channel, to=to, rendered=rendered,
             from_name=channel.from_name or channel.name,

@@ -117,6 +117,13 @@ class Ticket(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
     solved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The last change by a person (customer or staff): escalation counts from here.
+    activity_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    snoozed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    sla_policy: str | None = None
+    # The earliest pending deadline (warning, breach, escalation, reminder, auto-close): the
+    # scheduler reads only tickets whose next_due_at has come, through this index.
+    next_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
 
 
 class RawMessage(SQLModel, table=True):
@@ -264,3 +271,38 @@ class TimeEntry(SQLModel, table=True):
     description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     item_id: int | None = Field(default=None, foreign_key="item.id")
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class TicketDeadline(SQLModel, table=True):
+    """A moment something is to happen to a ticket, at most one per kind (``first_response.warning``,
+    ``escalation``, ``reminder``, ...). ``key`` names the occasion, so each fires at most once."""
+
+    __tablename__ = "ticket_deadline"
+    ticket_id: int = Field(primary_key=True, foreign_key="ticket.id")
+    kind: str = Field(primary_key=True)
+    key: str
+    at: datetime = Field(sa_type=UTCDateTime)
+
+
+class TicketAlert(SQLModel, table=True):
+    """A deadline that fired. The unique key makes a second firing of the same occasion impossible,
+    even by a second daemon on the same database."""
+
+    __tablename__ = "ticket_alert"
+    __table_args__ = (UniqueConstraint("ticket_id", "kind", "key", name="uq_ticket_alert"),)
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    kind: str
+    key: str
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    fired_at: datetime = Field(sa_type=UTCDateTime)
+    fired_by: str = ""
+
+
+class Lease(SQLModel, table=True):
+    """A claim on a piece of work shared by several daemons (a mailbox poll, a sweep): held by one
+    ``holder`` until ``expires_at``, after which anyone may take it."""
+
+    name: str = Field(primary_key=True)
+    holder: str
+    expires_at: datetime = Field(sa_type=UTCDateTime)

@@ -10,8 +10,7 @@ from sqlmodel import Session
 from helpdesk.store import queries
 from helpdesk.store.models import Ticket
 
-STATUSES = ("new", "open", "pending", "solved", "closed")
-DONE_STATUSES = frozenset({"solved", "closed"})
+DONE_STATUSES = frozenset({"solved", "closed"})  # the statuses with a time stamp of their own
 
 
 def set_status(session: Session, ticket: Ticket, status: str, actor: str, now: datetime) -> bool:

@@ -21,7 +21,9 @@ def names(mail: StaffMail) -> list[tuple[str, str]]:
 
 
 def test_known_commands() -> None:
-    assert {"status", "owner", "assignee", "priority", "time", "close", "note", "watch", "unwatch"} == KNOWN_COMMANDS
+    assert {"status", "owner", "assignee", "priority", "time", "close", "note", "watch", "unwatch", "snooze"} == (
+        KNOWN_COMMANDS
+    )
 
 
 def test_every_example_command() -> None:

@@ -53,6 +53,7 @@ def common(ticket: TicketView | None = None, /, **extra: object) -> dict[str, ob
         "tag": f"[{ticket.number}]",
         "channel": SimpleNamespace(name="support", label="Example Support", address="support@example.test"),
         "recipient_name": "Alice Admin",
+        "sla": [],
         **extra,
     }
 
@@ -78,6 +79,10 @@ CONTEXTS: dict[str, dict[str, object]] = {
         "errors": ["unknown command #stauts", "#priority: priority must be 1 (highest) to 5 (lowest)"],
         "original_subject": "Re: [SUP-12] New ticket: Printer on fire",
     },
+    "alert": staff(
+        alert_title="SLA warning: first response due in 01:00 business hours",
+        alert_lines=["Policy standard, priority 3: first response within 04:00 business hours."],
+    ),
     "delivery_failed": {
         "failed_recipient": "chris@customer.example",
         "error": "550 5.1.1 user unknown",
@@ -197,7 +202,8 @@ def test_notify_customer_mail(templates: Templates, name: str, subject: str) -> 
         assert "the printer on floor 2 is on fire." in text
         assert "photo.jpg" in text and "log.txt" in text
         assert "Reply to this mail to answer the customer." in text
-        assert "#status pending, #owner NAME, #assignee NAME, #priority 2, #time 1.5h what you did, #close." in text
+        assert "#status pending, #owner NAME, #assignee NAME, #priority 2, #snooze 3d," in text
+        assert "#snooze 3d, #time 1.5h what you did, #close." in text
         assert "Write #note as the first line (or write to support+n.SUP-12.sig@example.test)" in text
         assert "add an internal note instead." in text
         assert ("ACME Ltd" in text) == (organisation is not None)
