@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -160,6 +161,74 @@ def cmd_tickets_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ticket(session: Session, number: str) -> Ticket | None:
+    ticket = queries.ticket_by_number(session, number.strip().strip("[]").upper())
+    if ticket is None:
+        print(f"no ticket {number}", file=sys.stderr)
+    return ticket
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return f"staff:{args.by}" if args.by else f"cli:{getpass.getuser()}"
+
+
+def cmd_tickets_show(args: argparse.Namespace) -> int:
+    from helpdesk.tickets.report import describe, describe_json
+
+    cfg, engine = _engine(args)
+    with Session(engine) as session:
+        ticket = _ticket(session, args.number)
+        if ticket is None:
+            return 1
+        if args.format == "json":
+            _print_json(describe_json(session, cfg, ticket, utcnow()))
+        else:
+            print("\n".join(describe(session, cfg, ticket, utcnow())))
+    return 0
+
+
+def cmd_tickets_status(args: argparse.Namespace) -> int:
+    from helpdesk.core.workflow import TransitionRefused
+    from helpdesk.tickets.actions import change_status
+
+    cfg, engine = _engine(args)
+    with transaction(engine) as session:
+        ticket = _ticket(session, args.number)
+        if ticket is None:
+            return 1
+        old = ticket.status
+        try:
+            changed = change_status(session, cfg, ticket, args.status.strip().lower(), _actor(args), utcnow())
+        except TransitionRefused as exc:
+            print(f"{ticket.number}: {exc}", file=sys.stderr)
+            return 1
+    print(f"{ticket.number}: {old} -> {ticket.status}" if changed else f"{ticket.number}: already {old}")
+    return 0
+
+
+def cmd_tickets_snooze(args: argparse.Namespace) -> int:
+    from helpdesk.core.commands import parse_snooze
+    from helpdesk.service import rules
+    from helpdesk.tickets import deadlines
+    from helpdesk.tickets.actions import snooze
+
+    cfg, engine = _engine(args)
+    now = utcnow()
+    with transaction(engine) as session:
+        ticket = _ticket(session, args.number)
+        if ticket is None:
+            return 1
+        timezone = rules(cfg).calendar(deadlines.channel_name(session, ticket)).timezone
+        try:
+            until = parse_snooze(args.until, now, timezone)
+        except ValueError as exc:
+            print(f"{ticket.number}: snooze {args.until}: {exc}", file=sys.stderr)
+            return 1
+        snooze(session, cfg, ticket, until, _actor(args), now)
+    print(f"{ticket.number}: snoozed until {until.isoformat()}" if until else f"{ticket.number}: awake")
+    return 0
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
     cfg, engine = _engine(args)
     action = args.action
@@ -296,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     t_export = t_sub.add_parser("export", help="print every ticket with its items")
     t_export.add_argument("--format", choices=["json"], default="json")
     t_export.set_defaults(func=cmd_tickets_export)
+    t_show = t_sub.add_parser("show", help="one ticket: status, SLA clocks, deadlines and history")
+    t_show.add_argument("number", help="e.g. SUP-12")
+    t_show.add_argument("--format", choices=["text", "json"], default="text")
+    t_show.set_defaults(func=cmd_tickets_show)
+    t_status = t_sub.add_parser("status", help="change a ticket's status (as the channel's workflow permits)")
+    t_status.add_argument("number")
+    t_status.add_argument("status")
+    t_status.add_argument("--by", help="the staff member acting (default: the system user)")
+    t_status.set_defaults(func=cmd_tickets_status)
+    t_snooze = t_sub.add_parser("snooze", help="put a ticket to sleep until a date (3d, 2026-12-01, off)")
+    t_snooze.add_argument("number")
+    t_snooze.add_argument("until")
+    t_snooze.add_argument("--by", help="the staff member acting (default: the system user)")
+    t_snooze.set_defaults(func=cmd_tickets_snooze)
 
     messages = sub.add_parser("messages", help="inbound messages")
     m_sub = messages.add_subparsers(dest="messages_command", required=True)

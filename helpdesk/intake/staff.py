@@ -46,17 +46,23 @@ def _staff_value(ctx: Context, member: StaffConfig, command: Command, channel: s
     return target.name
 
 
-def _plan_command(ctx: Context, member: StaffConfig, ticket: Ticket, command: Command, channel: str) -> Change:
-    """Check one command and return what running it does; raise :class:`Refused` when it may not run."""
+def _plan_command(
+    ctx: Context, member: StaffConfig, ticket: Ticket, command: Command, channel: str, projected: dict[str, str]
+) -> Change:
+    """Check one command and return what running it does; raise :class:`Refused` when it may not run.
+
+    ``projected`` holds the status the commands before this one will have set, so ``#status open``
+    followed by ``#status development`` is checked as two steps of the workflow."""
     session, now, actor = ctx.session, ctx.now, f"staff:{member.name}"
     match command.name:
         case "status" | "close":
             status = "closed" if command.name == "close" else command.args.strip().lower()
             service = rules(ctx.config)
             try:
-                service.statuses.check(service.workflow(channel), ticket.status, status)
+                service.statuses.check(service.workflow(channel), projected["status"], status)
             except TransitionRefused as exc:
                 raise Refused(f"#{command.name} {command.args}: {exc}".replace(" :", ":")) from None
+            projected["status"] = status
             return lambda: actions.set_status(session, ticket, status, actor, now)
         case "snooze":
             try:
@@ -147,11 +153,12 @@ def handle_staff_mail(ctx: Context, plan: Plan, ticket: Ticket) -> None:
     staff_mail = parse_staff_mail(reply_of(plan).text)
     errors = list(staff_mail.errors)
     changes: list[Change] = []
+    projected = {"status": ticket.status}
     if not member.works_in(channel):
         errors.append(f"{member.name} does not work in channel {channel}")
     for command in staff_mail.commands if not errors else ():
         try:
-            changes.append(_plan_command(ctx, member, ticket, command, channel))
+            changes.append(_plan_command(ctx, member, ticket, command, channel, projected))
         except Refused as exc:
             errors.append(str(exc))
     if errors:

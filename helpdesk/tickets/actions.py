@@ -7,8 +7,11 @@ from typing import Any
 
 from sqlmodel import Session
 
+from helpdesk.config import Config
+from helpdesk.service import rules
 from helpdesk.store import queries
 from helpdesk.store.models import Ticket
+from helpdesk.tickets import deadlines
 
 DONE_STATUSES = frozenset({"solved", "closed"})  # the statuses with a time stamp of their own
 
@@ -43,3 +46,25 @@ def set_field(session: Session, ticket: Ticket, name: str, value: object, actor:
     )
     queries.update_row(session, ticket, **{name: value, "updated_at": now})
     return True
+
+
+def change_status(
+    session: Session, config: Config, ticket: Ticket, status: str, actor: str, now: datetime
+) -> bool:
+    """A person's status change: checked against the channel's workflow (raises
+    :class:`~helpdesk.core.workflow.TransitionRefused`), counted as activity, deadlines replanned."""
+    service = rules(config)
+    service.statuses.check(service.workflow(deadlines.channel_name(session, ticket)), ticket.status, status)
+    changed = set_status(session, ticket, status, actor, now)
+    if changed:
+        queries.update_row(session, ticket, activity_at=now)
+        deadlines.refresh(session, config, ticket, now)
+    return changed
+
+
+def snooze(session: Session, config: Config, ticket: Ticket, until: datetime | None, actor: str, now: datetime) -> bool:
+    """Put the ticket to sleep until ``until`` (None: wake it); the reminder is planned at once."""
+    changed = set_field(session, ticket, "snoozed_until", until, actor, now)
+    if changed:
+        deadlines.refresh(session, config, ticket, now)
+    return changed
