@@ -86,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         fetched = sum(r.fetched for r in summary.reports)
         print(f"imported {fetched} message(s) from {len(summary.reports)} mailbox(es)")
         sent = summary.sent
+        fired = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.swept.fired.items())) or "nothing due"
+        print(f"scheduler: {fired}")
         print(f"outbox: {sent.sent} sent, {sent.deferred} deferred, {sent.failed} failed")
         for name, error in summary.errors.items():
             print(f"mailbox {name}: {error}", file=sys.stderr)
