@@ -64,6 +64,7 @@ class ServiceRules:
         self._policies: dict[str, SlaPolicyConfig] = dict(config.sla_policies)
         self._warnings = {name: parse_warning(p.warning) for name, p in config.sla_policies.items()}
         self._org_sla = {o.name: o.sla for o in config.organisations if o.sla}
+        self.organisations_have_slas = bool(self._org_sla)
 
     def policy_name(self, channel: str, organisation: str | None) -> str | None:
         if organisation is not None and organisation in self._org_sla:

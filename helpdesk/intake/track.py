@@ -29,5 +29,5 @@ def track(ctx: Context, plan: Plan) -> None:
             )
             values["snoozed_until"] = None
         queries.update_row(ctx.session, ticket, **values)
-    state = deadlines.refresh(ctx.session, ctx.config, ticket, ctx.now)
+    state = deadlines.refresh(ctx.session, ctx.config, ticket, ctx.now, ctx.channel_of(ticket).name)
     plan.sla = deadlines.views(state)

@@ -93,9 +93,7 @@ class _Firing:
 def _clock_alert(firing: _Firing, clock: ClockName, breach: bool) -> bool:
     """Warn of or report a breach from the stored deadlines, without replaying the history."""
     ticket = firing.ticket
-    sla = rules(firing.config).sla(
-        firing.channel.name, deadlines.organisation_name(firing.session, ticket), ticket.priority
-    )
+    sla = deadlines.ticket_sla(firing.session, firing.config, ticket, firing.channel.name)
     target = sla.targets.get(clock) if sla else None
     if sla is None or target is None:
         return False

@@ -103,9 +103,16 @@ def history(session: Session, config: Config, ticket_id: int) -> list[Event]:
     return events
 
 
-def clocks(session: Session, config: Config, ticket: Ticket, now: datetime) -> TicketClocks:
+def ticket_sla(session: Session, config: Config, ticket: Ticket, channel: str | None = None) -> Sla | None:
+    """The SLA that applies to the ticket (its organisation's contract, else its channel's policy)."""
+    service = rules(config)
+    organisation = organisation_name(session, ticket) if service.organisations_have_slas else None
+    return service.sla(channel or channel_name(session, ticket), organisation, ticket.priority)
+
+
+def clocks(session: Session, config: Config, ticket: Ticket, now: datetime, channel: str | None = None) -> TicketClocks:
     assert ticket.id is not None
-    sla = rules(config).sla(channel_name(session, ticket), organisation_name(session, ticket), ticket.priority)
+    sla = ticket_sla(session, config, ticket, channel)
     if sla is None:
         return TicketClocks(None, [])
     events = history(session, config, ticket.id)
@@ -158,18 +165,31 @@ def _other_deadlines(config: Config, ticket: Ticket, channel: str, fired: set[tu
     return planned
 
 
-def refresh(session: Session, config: Config, ticket: Ticket, now: datetime) -> TicketClocks:
-    """Recompute the ticket's clocks and replace its deadlines; returns the clocks."""
+def _may_plan_more(config: Config, ticket: Ticket, channel: str) -> bool:
+    if ticket.snoozed_until is not None:
+        return True
+    conf = next((c for c in config.channels if c.name == channel), None)
+    return conf is not None and (bool(conf.escalation) or conf.pending_auto_close is not None)
+
+
+def refresh(
+    session: Session, config: Config, ticket: Ticket, now: datetime, channel: str | None = None
+) -> TicketClocks:
+    """Recompute the ticket's clocks and replace its deadlines; returns the clocks.
+
+    ``channel`` (the ticket's channel name) saves a lookup when the caller knows it. Without an SLA,
+    escalation, snooze or auto-close, and with no deadlines before, nothing is read or written."""
     assert ticket.id is not None
-    state = clocks(session, config, ticket, now)
-    fired = fired_keys(session, ticket.id)
-    channel = channel_name(session, ticket)
-    planned = [
-        p for p in _clock_deadlines(state, now) + _other_deadlines(config, ticket, channel, fired)
-        if (p.kind, p.key) not in fired
-    ]
+    channel = channel or channel_name(session, ticket)
+    state = clocks(session, config, ticket, now, channel)
+    planned = _clock_deadlines(state, now)
+    if planned or _may_plan_more(config, ticket, channel):
+        fired = fired_keys(session, ticket.id)
+        planned += _other_deadlines(config, ticket, channel, fired)
+        planned = [p for p in planned if (p.kind, p.key) not in fired]
     connection = session.connection()
-    connection.execute(delete(_DEADLINE).where(_DEADLINE.c.ticket_id == ticket.id))
+    if ticket.next_due_at is not None:  # deadlines exist only while next_due_at is set
+        connection.execute(delete(_DEADLINE).where(_DEADLINE.c.ticket_id == ticket.id))
     if planned:
         connection.execute(
             insert(_DEADLINE), [{"ticket_id": ticket.id, "kind": p.kind, "key": p.key, "at": p.at} for p in planned]
