@@ -91,3 +91,57 @@ def test_reload_applies_a_good_config_and_keeps_running_on_a_bad_one(
         assert wait_for(lambda: ticket_count(engine) == 1)
     finally:
         daemon.stop()
+
+
+class _Watched:
+    """A mailbox that records how many polls of it (across daemons) run at the same moment."""
+
+    def __init__(self, box: Any, flight: dict[str, int], lock: Any) -> None:
+        self.box, self.flight, self.lock = box, flight, lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.box, name)
+
+    def poll(self, intake: Any) -> Any:
+        with self.lock:
+            self.flight["now"] += 1
+            self.flight["max"] = max(self.flight["max"], self.flight["now"])
+            self.flight["polls"] += 1
+        try:
+            time.sleep(0.05)  # widen the window in which a second poll would overlap
+            return self.box.poll(intake)
+        finally:
+            with self.lock:
+                self.flight["now"] -= 1
+
+
+@pytest.mark.parametrize("kind", ["pop3", "imap"])
+def test_two_daemons_never_poll_one_mailbox_at_once(
+    engine: Engine, clock: Clock, dovecot: Any, mail_user: str, kind: str
+) -> None:
+    """POP3 (and IMAP without IDLE) is polled by scheduler jobs; a lease keeps the two daemons apart."""
+    import threading
+
+    from helpdesk.daemon import make_mailbox
+
+    dovecot.append_many(mail_user, mails(6, tag=kind))
+    config = config_with_mailboxes(mailbox_entry(dovecot, mail_user, kind=kind, idle=False, poll_interval=0.2))
+    flight = {"now": 0, "max": 0, "polls": 0}
+    lock = threading.Lock()
+
+    def factory(box_config: Any) -> Any:
+        return _Watched(make_mailbox(box_config), flight, lock)
+
+    daemons = [Daemon(config, engine, clock, mailbox_factory=factory) for _ in range(2)]
+    try:
+        for daemon in daemons:
+            daemon.start()
+        assert wait_for(lambda: ticket_count(engine) == 6)
+        dovecot.append_many(mail_user, mails(3, tag=f"{kind}-later"))
+        assert wait_for(lambda: ticket_count(engine) == 9)
+        assert wait_for(lambda: flight["polls"] >= 10)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    assert flight["max"] == 1, "two polls of one mailbox ran at the same time"
+    assert ticket_count(engine) == 9  # each mail imported once
