@@ -231,6 +231,32 @@ def cmd_tickets_snooze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tickets_replan(args: argparse.Namespace) -> int:
+    """After SLA policies, calendars or escalation rules changed: recompute the deadlines of every
+    ticket that is not done (batch by batch, each in its own transaction)."""
+    from helpdesk.service import rules
+    from helpdesk.tickets import deadlines
+
+    cfg, engine = _engine(args)
+    done = [name for name, status in rules(cfg).statuses.statuses.items() if rules(cfg).statuses.is_done(name)]
+    last_id, count = 0, 0
+    while True:
+        with transaction(engine) as session:
+            batch = session.exec(
+                select(Ticket).where(col(Ticket.id) > last_id, col(Ticket.status).not_in(done))
+                .order_by(col(Ticket.id)).limit(500)
+            ).all()
+            now = utcnow()
+            for ticket in batch:
+                deadlines.refresh(session, cfg, ticket, now)
+        if not batch:
+            break
+        last_id = batch[-1].id or last_id
+        count += len(batch)
+    print(f"deadlines recomputed for {count} ticket(s)")
+    return 0
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
     cfg, engine = _engine(args)
     action = args.action
@@ -381,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     t_snooze.add_argument("until")
     t_snooze.add_argument("--by", help="the staff member acting (default: the system user)")
     t_snooze.set_defaults(func=cmd_tickets_snooze)
+    t_replan = t_sub.add_parser("replan", help="recompute every open ticket's deadlines after an SLA change")
+    t_replan.set_defaults(func=cmd_tickets_replan)
 
     messages = sub.add_parser("messages", help="inbound messages")
     m_sub = messages.add_subparsers(dest="messages_command", required=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ def desk_config(tmp_path: Path | None = None, **extra: Any) -> dict[str, Any]:
         sla_policies={
             "standard": {"calendar": "always", "targets": {"default": {"first_response": "4h", "resolution": "2d"}}}
         },
-        workflows={"strict": WORKFLOW},
+        workflows={"strict": copy.deepcopy(WORKFLOW)},
         **extra,
     )
     data["channels"][0].update({"sla": "standard", "workflow": "strict"})
@@ -220,3 +222,20 @@ def test_operators_add_statuses_with_their_responsibility() -> None:
     assert statuses.responsibility("waiting-vendor").value == "customer"
     assert statuses.label("waiting-vendor") == "Pending / Waiting for vendor"
     statuses.check("strict", "open", "waiting-vendor")
+
+
+def test_replan_applies_a_changed_policy(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "-c", str(setup), "tickets", "show", "SUP-1", "--format", "json")
+    before = {d["kind"]: d["at"] for d in json.loads(out)["deadlines"]}
+    data = yaml.safe_load(setup.read_text())
+    data["sla_policies"]["standard"]["targets"]["default"]["first_response"] = "8h"
+    setup.write_text(yaml.safe_dump(data))
+    code, out, _ = run(capsys, "-c", str(setup), "tickets", "replan")
+    assert code == 0 and "deadlines recomputed for 1 ticket(s)" in out
+    _, out, _ = run(capsys, "-c", str(setup), "tickets", "show", "SUP-1", "--format", "json")
+    after = {d["kind"]: d["at"] for d in json.loads(out)["deadlines"]}
+    assert after["resolution.breach"] == before["resolution.breach"]
+    shift = datetime.fromisoformat(after["first_response.breach"]) - datetime.fromisoformat(
+        before["first_response.breach"]
+    )
+    assert shift == timedelta(hours=4)

@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,13 +28,14 @@ from helpdesk.store import queries
 from helpdesk.store.db import transaction
 from helpdesk.store.models import Direction, ItemKind, Ticket, TicketAlert, TicketDeadline, Visibility
 from helpdesk.tickets import actions, deadlines, people
-from helpdesk.tickets.clockview import LABELS, hours_minutes, local_time
+from helpdesk.tickets.clockview import LABELS, hours_minutes, local_time, spoken
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SweepReport", "sweep"]
 
 SYSTEM = "system:scheduler"
+RETRY_AFTER = timedelta(minutes=10)
 _ALERT = queries.table_of(TicketAlert)
 _DEADLINE = queries.table_of(TicketDeadline)
 
@@ -44,6 +45,7 @@ class SweepReport:
     tickets: int = 0
     fired: Counter[str] = field(default_factory=Counter)
     more: bool = False  # the batch was full: there may be more due work
+    failed: int = 0  # tickets whose deadlines raised an error (retried after RETRY_AFTER)
 
     @property
     def total(self) -> int:
@@ -98,6 +100,8 @@ def _clock_alert(firing: _Firing, clock: ClockName, breach: bool) -> bool:
     if sla is None or target is None:
         return False
     breach_row = firing.pending.get(f"{clock}.breach")
+    if not breach and breach_row is not None and breach_row.at <= firing.now:
+        return False  # a late sweep: the breach is due as well and says more than a warning would
     due = firing.deadline.at if breach or breach_row is None else breach_row.at
     remaining = sla.calendar.business_time(firing.now, due)
     label = LABELS[clock]
@@ -119,10 +123,16 @@ def _clock_alert(firing: _Firing, clock: ClockName, breach: bool) -> bool:
     return False
 
 
+class _Stale(Exception):
+    """A deadline planned under a configuration that no longer has what it refers to."""
+
+
 def _escalate(firing: _Firing) -> bool:
     channel_part, _, rest = firing.deadline.key.partition(":")
     index = int(rest.partition("@")[0])
-    conf = firing.config.channel(channel_part)
+    conf = next((c for c in firing.config.channels if c.name == channel_part), None)
+    if conf is None or index >= len(conf.escalation):
+        raise _Stale(f"escalation step {index + 1} of channel {channel_part} is no longer configured")
     step = conf.escalation[index]
     ticket, session, now = firing.ticket, firing.session, firing.now
     done = []
@@ -152,6 +162,7 @@ def _remind(firing: _Firing) -> bool:
     ticket = firing.ticket
     until = ticket.snoozed_until
     actions.set_field(firing.session, ticket, "snoozed_until", None, "system:reminder", firing.now)
+    queries.update_row(firing.session, ticket, activity_at=firing.now)  # escalation counts from the wake-up
     title = "Reminder: the ticket is back"
     lines = [f"It was snoozed until {until.isoformat() if until else '-'}."]
     firing.note("\n".join([title, *lines]))
@@ -164,7 +175,7 @@ def _auto_close(firing: _Firing) -> bool:
     status = firing.channel.auto_close_status
     silence = firing.channel.pending_auto_close
     actions.set_status(firing.session, firing.ticket, status, "system:auto-close", firing.now)
-    title = f"Closed automatically: no answer from the customer for {silence}"
+    title = f"Closed automatically: no answer from the customer for {spoken(silence)}"
     firing.note(title)
     firing.tell(firing.involved(), title, [f"The ticket is now {rules(firing.config).statuses.label(status)}."])
     return True
@@ -200,12 +211,17 @@ def _due_tickets(session: Session, now: datetime, limit: int) -> list[Ticket]:
     return list(session.scalars(statement))
 
 
+def _channel(config: Config, name: str) -> ChannelConfig:
+    """The ticket's channel, or the fallback channel when it was removed from the configuration."""
+    return next((c for c in config.channels if c.name == name), config.fallback_channel)
+
+
 def _fire_ticket(
     session: Session, config: Config, mailer: Mailer | None, ticket: Ticket, rows: list[TicketDeadline],
     now: datetime, holder: str, report: SweepReport,
 ) -> None:
     changed = False
-    channel = config.channel(deadlines.channel_name(session, ticket))
+    channel = _channel(config, deadlines.channel_name(session, ticket))
     pending = {row.kind: row for row in rows}
     for deadline in sorted((r for r in rows if r.at <= now), key=lambda d: d.at):
         session.connection().execute(
@@ -214,13 +230,32 @@ def _fire_ticket(
         if not _claim_alert(session, deadline, now, holder):
             continue  # fired before (by us or another daemon)
         firing = _Firing(session, config, mailer, ticket, channel, deadline, now, pending)
-        changed = _handler(deadline.kind)(firing) or changed
+        try:
+            changed = _handler(deadline.kind)(firing) or changed
+        except _Stale as exc:
+            log.info("%s: %s; replanning its deadlines", ticket.number, exc)
+            changed = True
+            continue
         channel = firing.channel
         report.fired[deadline.kind] += 1
     if changed:
         deadlines.refresh(session, config, ticket, now)
     else:
         deadlines.set_next_due(session, ticket)
+
+
+def _fire_safely(
+    session: Session, config: Config, mailer: Mailer | None, ticket: Ticket, rows: list[TicketDeadline],
+    now: datetime, holder: str, report: SweepReport,
+) -> None:
+    """Fire one ticket's deadlines in a savepoint: a ticket that fails is put back a while, not the batch."""
+    try:
+        with session.begin_nested():
+            _fire_ticket(session, config, mailer, ticket, rows, now, holder, report)
+    except Exception:
+        log.exception("%s: its due deadlines could not be handled; trying again in %s", ticket.number, RETRY_AFTER)
+        report.failed += 1
+        queries.update_row(session, ticket, next_due_at=now + RETRY_AFTER)
 
 
 def sweep(
@@ -241,7 +276,7 @@ def sweep(
             by_ticket.setdefault(row.ticket_id, []).append(row)
         for ticket in tickets:
             assert ticket.id is not None
-            _fire_ticket(session, config, mailer, ticket, by_ticket.get(ticket.id, []), now, holder, report)
+            _fire_safely(session, config, mailer, ticket, by_ticket.get(ticket.id, []), now, holder, report)
         report.tickets = len(tickets)
         report.more = len(tickets) == batch_size
     if report.total:

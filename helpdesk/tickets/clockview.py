@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from helpdesk.core.sla import Clock, ClockName, ClockState
 
-__all__ = ["ClockView", "hours_minutes", "local_time", "view"]
+__all__ = ["ClockView", "hours_minutes", "local_time", "spoken", "view"]
 
 LABELS = {
     ClockName.FIRST_RESPONSE: "first response",
@@ -23,6 +23,18 @@ def hours_minutes(duration: timedelta) -> str:
     sign = "-" if seconds < 0 else ""
     minutes = abs(seconds) // 60
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def spoken(duration: timedelta | None) -> str:
+    """``14 days``, ``36 hours``, ``90 minutes``: a configured duration as a person would say it."""
+    if duration is None:
+        return "-"
+    seconds = int(duration.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 def local_time(instant: datetime, timezone: str) -> str:
