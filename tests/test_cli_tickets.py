@@ -239,3 +239,25 @@ def test_replan_applies_a_changed_policy(setup: Path, capsys: pytest.CaptureFixt
         before["first_response.breach"]
     )
     assert shift == timedelta(hours=4)
+
+
+def test_acknowledgement_and_notification_show_the_remaining_business_time(desk: Intake, engine: Engine) -> None:
+    deliver(desk, make_mail(message_id="first@acme.example"))
+    [ack] = outbox(engine, "alice@acme.example", kind="ack")
+    text = text_of(parsed(ack))
+    assert "Our response is due in 04:00 business hours (Mon 02 Mar 2026 14:00 CET)." in text
+    [notice] = outbox(engine, "sam@example.test", kind="notification")
+    text = text_of(parsed(notice))
+    assert "SLA:      first response due in 04:00 business hours (Mon 02 Mar 2026 14:00 CET)" in text
+    assert "SLA:      resolution due in 48:00 business hours (Wed 04 Mar 2026 10:00 CET)" in text
+    html = parsed(notice).get_body(preferencelist=("html",))
+    assert html is not None and "first response due in 04:00 business hours" in str(html.get_content())
+
+
+def test_without_a_policy_mails_promise_no_time(engine: Engine, clock: Clock) -> None:
+    data = desk_config()
+    data["channels"][0].pop("sla")
+    desk = Intake(engine, validate(data), clock)
+    deliver(desk, make_mail(message_id="first@acme.example"))
+    [ack] = outbox(engine, "alice@acme.example", kind="ack")
+    assert "business hours" not in text_of(parsed(ack))
