@@ -552,11 +552,14 @@ class Config(_Model):
     def message_id_domain(self) -> str:
         return self.mail_domain or self.channels[0].address.rpartition("@")[2]
 
+    def find_channel(self, name: str) -> ChannelConfig | None:
+        return next((c for c in self.channels if c.name == name), None)
+
     def channel(self, name: str) -> ChannelConfig:
-        for channel in self.channels:
-            if channel.name == name:
-                return channel
-        raise KeyError(name)
+        channel = self.find_channel(name)
+        if channel is None:
+            raise KeyError(name)
+        return channel
 
     @property
     def fallback_channel(self) -> ChannelConfig:

@@ -69,10 +69,8 @@ class ServiceRules:
     def policy_name(self, channel: str, organisation: str | None) -> str | None:
         if organisation is not None and organisation in self._org_sla:
             return self._org_sla[organisation]
-        try:
-            return self.config.channel(channel).sla
-        except KeyError:
-            return None
+        conf = self.config.find_channel(channel)
+        return conf.sla if conf else None
 
     def sla(self, channel: str, organisation: str | None, priority: int) -> Sla | None:
         """The SLA of a ticket, or None when neither its organisation nor its channel has one."""
@@ -90,9 +88,8 @@ class ServiceRules:
 
     def calendar(self, channel: str) -> BusinessCalendar:
         """The business hours escalation counts in: the channel's, else its SLA policy's, else 24/7."""
-        try:
-            conf = self.config.channel(channel)
-        except KeyError:
+        conf = self.config.find_channel(channel)
+        if conf is None:
             return ALWAYS_OPEN
         if conf.calendar is not None:
             return self.calendars[conf.calendar]
@@ -101,10 +98,8 @@ class ServiceRules:
         return ALWAYS_OPEN
 
     def workflow(self, channel: str) -> str | None:
-        try:
-            return self.config.channel(channel).workflow
-        except KeyError:
-            return None
+        conf = self.config.find_channel(channel)
+        return conf.workflow if conf else None
 
 
 _cache: dict[int, tuple[Config, ServiceRules]] = {}

@@ -80,7 +80,6 @@ class EventKind(StrEnum):
     REPLY = "reply"
 
 
-_aware = require_aware
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ class Event:
     responsibility: Responsibility | None = None
 
     def __post_init__(self) -> None:
-        _aware(self.at, "event time")
+        require_aware(self.at, "event time")
         object.__setattr__(self, "kind", EventKind(self.kind))
         if self.responsibility is not None:
             object.__setattr__(self, "responsibility", Responsibility(self.responsibility))
@@ -332,8 +331,8 @@ def responsibility_at(created_at: datetime, events: Sequence[Event], instant: da
 
     An ``instant`` before ``created_at`` is read as ``created_at``.
     """
-    created = _aware(created_at, "created_at")
-    moment = max(_aware(instant, "instant"), created)
+    created = require_aware(created_at, "created_at")
+    moment = max(require_aware(instant, "instant"), created)
     return _timeline(created, _normalise(created, events, moment))[-1][1]
 
 
@@ -349,8 +348,8 @@ def compute(
 
     A ``now`` before ``created_at`` (clock skew) is read as ``created_at``.
     """
-    created = _aware(created_at, "created_at")
-    moment = max(_aware(now, "now"), created)
+    created = require_aware(created_at, "created_at")
+    moment = max(require_aware(now, "now"), created)
     history = _normalise(created, events, moment)
     timeline = _timeline(created, history)
     ours = _ours(timeline)

@@ -130,7 +130,7 @@ class _Stale(Exception):
 def _escalate(firing: _Firing) -> bool:
     channel_part, _, rest = firing.deadline.key.partition(":")
     index = int(rest.partition("@")[0])
-    conf = next((c for c in firing.config.channels if c.name == channel_part), None)
+    conf = firing.config.find_channel(channel_part)
     if conf is None or index >= len(conf.escalation):
         raise _Stale(f"escalation step {index + 1} of channel {channel_part} is no longer configured")
     step = conf.escalation[index]
@@ -211,17 +211,13 @@ def _due_tickets(session: Session, now: datetime, limit: int) -> list[Ticket]:
     return list(session.scalars(statement))
 
 
-def _channel(config: Config, name: str) -> ChannelConfig:
-    """The ticket's channel, or the fallback channel when it was removed from the configuration."""
-    return next((c for c in config.channels if c.name == name), config.fallback_channel)
-
-
 def _fire_ticket(
     session: Session, config: Config, mailer: Mailer | None, ticket: Ticket, rows: list[TicketDeadline],
-    now: datetime, holder: str, report: SweepReport,
+    now: datetime, holder: str, report: SweepReport, names: dict[int, str],
 ) -> None:
     changed = False
-    channel = _channel(config, deadlines.channel_name(session, ticket))
+    # The ticket's channel, or the fallback channel when it was removed from the configuration.
+    channel = config.find_channel(names.get(ticket.channel_id, "")) or config.fallback_channel
     pending = {row.kind: row for row in rows}
     for deadline in sorted((r for r in rows if r.at <= now), key=lambda d: d.at):
         session.connection().execute(
@@ -239,19 +235,19 @@ def _fire_ticket(
         channel = firing.channel
         report.fired[deadline.kind] += 1
     if changed:
-        deadlines.refresh(session, config, ticket, now)
+        deadlines.refresh(session, config, ticket, now, names.get(ticket.channel_id))
     else:
         deadlines.set_next_due(session, ticket)
 
 
 def _fire_safely(
     session: Session, config: Config, mailer: Mailer | None, ticket: Ticket, rows: list[TicketDeadline],
-    now: datetime, holder: str, report: SweepReport,
+    now: datetime, holder: str, report: SweepReport, names: dict[int, str],
 ) -> None:
     """Fire one ticket's deadlines in a savepoint: a ticket that fails is put back a while, not the batch."""
     try:
         with session.begin_nested():
-            _fire_ticket(session, config, mailer, ticket, rows, now, holder, report)
+            _fire_ticket(session, config, mailer, ticket, rows, now, holder, report, names)
     except Exception:
         log.exception("%s: its due deadlines could not be handled; trying again in %s", ticket.number, RETRY_AFTER)
         report.failed += 1
@@ -271,12 +267,15 @@ def sweep(
         rows = session.scalars(
             select(TicketDeadline).where(col(TicketDeadline.ticket_id).in_(ids))
         ).all()
+        names = {channel_id: name for name, channel_id in queries.channel_ids(session).items()}
         by_ticket: dict[int, list[TicketDeadline]] = {}
         for row in rows:
             by_ticket.setdefault(row.ticket_id, []).append(row)
         for ticket in tickets:
             assert ticket.id is not None
-            _fire_safely(session, config, mailer, ticket, by_ticket.get(ticket.id, []), now, holder, report)
+            _fire_safely(
+                session, config, mailer, ticket, by_ticket.get(ticket.id, []), now, holder, report, names
+            )
         report.tickets = len(tickets)
         report.more = len(tickets) == batch_size
     if report.total:

@@ -145,7 +145,7 @@ def _clock_deadlines(state: TicketClocks, now: datetime) -> list[Planned]:
 
 def _other_deadlines(config: Config, ticket: Ticket, channel: str, fired: set[tuple[str, str]]) -> list[Planned]:
     service = rules(config)
-    conf = config.channel(channel) if channel in {c.name for c in config.channels} else None
+    conf = config.find_channel(channel)
     responsibility = service.statuses.responsibility(ticket.status)
     activity = ticket.activity_at or ticket.updated_at
     planned: list[Planned] = []
@@ -168,7 +168,7 @@ def _other_deadlines(config: Config, ticket: Ticket, channel: str, fired: set[tu
 def _may_plan_more(config: Config, ticket: Ticket, channel: str) -> bool:
     if ticket.snoozed_until is not None:
         return True
-    conf = next((c for c in config.channels if c.name == channel), None)
+    conf = config.find_channel(channel)
     return conf is not None and (bool(conf.escalation) or conf.pending_auto_close is not None)
 
 
