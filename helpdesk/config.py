@@ -106,18 +106,83 @@ class AfterImport(StrEnum):
     KEEP = "keep"
 
 
+class OAuthConfig(_Model):
+    """Where OAuth 2.0 access tokens for a mailbox or the SMTP relay come from.
+
+    ``microsoft``: the Microsoft identity platform's client-credentials grant through msal, with a
+    client secret or (recommended) a certificate. ``refresh_token``: any OAuth 2.0 token endpoint
+    given a long-lived refresh token (Google Workspace). ``static``: a fixed token (tests, or a token
+    another process renews into the environment).
+    """
+
+    kind: Literal["microsoft", "refresh_token", "static"]
+    # microsoft
+    tenant: str | None = None  # the directory (tenant) id or a verified domain
+    client_id: str | None = None
+    client_secret: str | None = None  # ${ENV} reference
+    certificate: str | None = None  # PEM file holding the certificate (and the key unless certificate_key)
+    certificate_key: str | None = None  # PEM file of the private key, when kept apart
+    certificate_password: str | None = None  # ${ENV} reference, for an encrypted key
+    authority_host: str = "https://login.microsoftonline.com"
+    # refresh_token
+    token_url: str | None = None
+    refresh_token: str | None = None  # ${ENV} reference
+    # static
+    token: str | None = None  # ${ENV} reference
+    # all kinds: the scope asked for, overriding the one the protocol implies
+    scope: str | None = None
+    verify_tls: bool = True
+    ca_file: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+
+    _check_secrets = field_validator("client_secret", "certificate_password", "refresh_token", "token")(
+        _env_reference
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> OAuthConfig:
+        if self.kind == "microsoft":
+            missing = [f for f in ("tenant", "client_id") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a microsoft provider needs {' and '.join(missing)}")
+            if (self.client_secret is None) == (self.certificate is None):
+                raise ValueError("a microsoft provider needs exactly one of client_secret and certificate")
+            if not self.authority_host.startswith("https://"):
+                raise ValueError("authority_host must be an https:// URL")
+        elif self.kind == "refresh_token":
+            missing = [f for f in ("token_url", "client_id", "refresh_token") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a refresh_token provider needs {', '.join(missing)}")
+        elif self.token is None:
+            raise ValueError("a static provider needs token")
+        return self
+
+
+MailboxKind = Literal["imap", "pop3", "graph", "ews"]
+AuthKind = Literal["password", "oauth2"]
+GRAPH_URL = "https://graph.microsoft.com/v1.0"
+_DEFAULT_POLL = {"graph": 10.0}
+
+
 class MailboxConfig(_Model):
-    """One mailbox the daemon reads: IMAP or POP3."""
+    """One mailbox the daemon reads: IMAP, POP3, Microsoft Graph (Microsoft 365) or EWS (Exchange Server).
+
+    For ``graph`` the ``user`` is the mailbox address (a shared mailbox works) and ``oauth`` names the
+    token provider; for ``ews`` ``service_endpoint`` is the server's ``/EWS/Exchange.asmx`` URL.
+    """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["imap", "pop3"]
-    host: str = Field(min_length=1)
+    kind: MailboxKind
+    host: str | None = Field(default=None, min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535)
     tls: TlsMode = TlsMode.IMPLICIT
     verify_tls: bool = True
     ca_file: str | None = None
     user: str = Field(min_length=1)
-    password: str
+    auth: AuthKind = "password"
+    password: str | None = None
+    oauth: str | None = None  # the name of a provider under ``oauth:``
+    sasl: Literal["xoauth2", "oauthbearer"] = "xoauth2"
     folder: str = "INBOX"
     after_import: AfterImport | None = None
     move_to: str = "Processed"
@@ -126,21 +191,50 @@ class MailboxConfig(_Model):
     poll_interval: float = Field(default=60.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=5000)
     timeout: float = Field(default=60.0, gt=0)
+    graph_url: str = GRAPH_URL  # Microsoft Graph's endpoint (national clouds differ)
+    service_endpoint: str | None = None  # EWS: https://mail.example.com/EWS/Exchange.asmx
+    ews_auth: Literal["ntlm", "basic", "digest"] = "ntlm"  # EWS with a password
 
     _check_password = field_validator("password")(_env_reference)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "poll_interval" not in data and data.get("kind") in _DEFAULT_POLL:
+            return {**data, "poll_interval": _DEFAULT_POLL[data["kind"]]}
+        return data
+
     @model_validator(mode="after")
-    def _pop3_actions(self) -> MailboxConfig:
+    def _per_kind(self) -> MailboxConfig:
         if self.kind == "pop3" and self.after_import in (AfterImport.MOVE, AfterImport.FLAG):
             raise ValueError("POP3 has no folders or flags: after_import must be 'delete' or 'keep'")
+        if self.kind in ("imap", "pop3") and self.host is None:
+            raise ValueError(f"an {self.kind} mailbox needs host")
+        if self.kind == "ews" and self.service_endpoint is None:
+            raise ValueError("an ews mailbox needs service_endpoint (https://SERVER/EWS/Exchange.asmx)")
+        if self.kind == "graph" and self.auth != "oauth2":
+            raise ValueError("Microsoft Graph takes only OAuth: set auth: oauth2 and oauth: PROVIDER")
+        if self.auth == "oauth2" and self.oauth is None:
+            raise ValueError("auth: oauth2 needs oauth: the name of a provider under oauth:")
+        if self.auth == "password" and self.password is None:
+            raise ValueError("password is required (an ${ENV} reference), or set auth: oauth2")
         return self
 
     @property
     def action(self) -> AfterImport:
-        """What to do at the source once a message is committed (IMAP: move, POP3: delete)."""
+        """What to do at the source once a message is committed (POP3: delete, others: move)."""
         if self.after_import is not None:
             return self.after_import
-        return AfterImport.MOVE if self.kind == "imap" else AfterImport.DELETE
+        return AfterImport.DELETE if self.kind == "pop3" else AfterImport.MOVE
+
+    @property
+    def endpoint(self) -> str:
+        """Where the mailbox is reached (host or URL), for messages."""
+        if self.kind == "graph":
+            return self.graph_url
+        if self.kind == "ews":
+            return self.service_endpoint or ""
+        return self.host or ""
 
     @property
     def effective_port(self) -> int:
@@ -149,7 +243,9 @@ class MailboxConfig(_Model):
         implicit = self.tls is TlsMode.IMPLICIT
         if self.kind == "imap":
             return 993 if implicit else 143
-        return 995 if implicit else 110
+        if self.kind == "pop3":
+            return 995 if implicit else 110
+        return 443
 
 
 class RuleMatch(_Model):
@@ -311,6 +407,8 @@ class ChannelConfig(_Model):
     escalation: list[EscalationStep] = Field(default_factory=list)
     pending_auto_close: Duration | None = None  # close a pending ticket after this customer silence
     auto_close_status: str = "closed"
+    # Send this channel's mail through a graph or ews mailbox (by name) instead of the SMTP relay.
+    send_through: str | None = None
 
     @property
     def address(self) -> str:
@@ -379,7 +477,10 @@ class SmtpConfig(_Model):
     verify_tls: bool = True
     ca_file: str | None = None
     user: str | None = None
+    auth: AuthKind = "password"
     password: str | None = None
+    oauth: str | None = None  # auth: oauth2 -- the name of a provider under ``oauth:``
+    sasl: Literal["xoauth2", "oauthbearer"] = "xoauth2"
     timeout: float = Field(default=30.0, gt=0)
     # Temporary failures (4xx, refused connection, timeout) are retried with backoff this long.
     retry_for: Duration = timedelta(days=2)
@@ -388,6 +489,12 @@ class SmtpConfig(_Model):
 
     _check_password = field_validator("password")(_env_reference)
     _duration = field_validator("retry_for", mode="before")(parse_duration)
+
+    @model_validator(mode="after")
+    def _oauth(self) -> SmtpConfig:
+        if self.auth == "oauth2" and (self.oauth is None or self.user is None):
+            raise ValueError("auth: oauth2 needs user (the mailbox to send as) and oauth (a provider name)")
+        return self
 
     @property
     def effective_port(self) -> int:
@@ -473,6 +580,7 @@ class Config(_Model):
     calendars: dict[str, CalendarConfig] = Field(default_factory=dict)
     sla_policies: dict[str, SlaPolicyConfig] = Field(default_factory=dict)
     scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig())
+    oauth: dict[str, OAuthConfig] = Field(default_factory=dict)  # token providers by name
 
     _check_secret = field_validator("reply_secret")(_env_reference)
 
@@ -506,6 +614,7 @@ class Config(_Model):
                         f"channels[{i}].rules[{j}].set.channel: unknown channel {rule.set.channel!r}"
                     )
         problems.extend(self._staff_problems(names))
+        problems.extend(self._transport_problems())
         if not problems:
             from helpdesk.service import service_problems
 
@@ -515,6 +624,25 @@ class Config(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _transport_problems(self) -> list[str]:
+        """Unknown token providers and send_through mailboxes that cannot send."""
+        problems: list[str] = []
+        kinds = {m.name: m.kind for c in self.channels for m in c.mailboxes}
+        for i, channel in enumerate(self.channels):
+            for j, box in enumerate(channel.mailboxes):
+                if box.oauth is not None and box.oauth not in self.oauth:
+                    problems.append(f"channels[{i}].mailboxes[{j}].oauth: unknown provider {box.oauth!r}")
+            target = channel.send_through
+            if target is not None and kinds.get(target) not in ("graph", "ews"):
+                what = "unknown mailbox" if target not in kinds else f"{kinds[target]} mailbox"
+                problems.append(f"channels[{i}].send_through: {what} {target!r} (only graph and ews mailboxes send)")
+        if self.smtp.oauth is not None and self.smtp.oauth not in self.oauth:
+            problems.append(f"smtp.oauth: unknown provider {self.smtp.oauth!r}")
+        return problems
+
+    def mailbox(self, name: str) -> MailboxConfig | None:
+        return next((m for c in self.channels for m in c.mailboxes if m.name == name), None)
 
     def _staff_problems(self, channel_names: list[str]) -> list[str]:
         problems: list[str] = []
@@ -624,16 +752,19 @@ def load(path: str | Path) -> Config:
 def missing_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
     """Located problems for secrets whose environment variable is not set."""
     problems = []
-    secrets = [("reply_secret", config.reply_secret), ("smtp.password", config.smtp.password)]
+    secrets: list[tuple[str, str | None]] = [
+        ("reply_secret", config.reply_secret),
+        ("smtp.password", config.smtp.password),
+    ]
+    for i, channel in enumerate(config.channels):
+        for j, box in enumerate(channel.mailboxes):
+            secrets.append((f"channels[{i}].mailboxes[{j}].password", box.password))
+    for name, provider in config.oauth.items():
+        for field_name in ("client_secret", "certificate_password", "refresh_token", "token"):
+            secrets.append((f"oauth.{name}.{field_name}", getattr(provider, field_name)))
     for where, reference in secrets:
         try:
             resolve_secret(reference, environ)
         except KeyError as exc:
             problems.append(f"{where}: {exc.args[0]}")
-    for i, channel in enumerate(config.channels):
-        for j, box in enumerate(channel.mailboxes):
-            try:
-                resolve_secret(box.password, environ)
-            except KeyError as exc:
-                problems.append(f"channels[{i}].mailboxes[{j}].password: {exc.args[0]}")
     return problems

@@ -30,7 +30,7 @@ def test_every_problem_is_reported_with_its_location(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         validate(data, "channels.yaml")
     problems = err.value.problems
-    assert "channels[0].mailboxes[0].host: Field required" in problems
+    assert "channels[0].mailboxes[0]: an imap mailbox needs host" in problems
     assert any(p.startswith("channels[0].mailboxes[1].password: must be an environment reference") for p in problems)
     assert any(p.startswith("channels[1].prefix:") for p in problems)
     assert any(p.startswith("channels[2].addresses: not a mail address") for p in problems)
@@ -132,3 +132,67 @@ def test_check_config_command(
     assert cli.main(["check-config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}: channels[0].prefix: Field required" in err
+
+
+def _oauth_config(**provider: object) -> dict[str, object]:
+    data = base_config()
+    data["oauth"] = {"m365": {"kind": "microsoft", "tenant": "contoso.onmicrosoft.com", "client_id": "c1", **provider}}
+    return data
+
+
+def test_oauth_providers_and_mailboxes_are_checked_with_their_locations() -> None:
+    data = _oauth_config(client_secret="${M365_SECRET}", certificate="/etc/helpdesk/app.pem")
+    data["oauth"]["google"] = {"kind": "refresh_token", "client_id": "g"}  # type: ignore[index]
+    data["oauth"]["fixed"] = {"kind": "static", "token": "eyJ0eXAi-inline"}  # type: ignore[index]
+    data["channels"][0]["mailboxes"] = [
+        {"name": "m365", "kind": "graph", "user": "support@contoso.com"},  # Graph without OAuth
+        {"name": "gmail", "kind": "imap", "host": "imap.gmail.com", "user": "s@x.org", "auth": "oauth2"},
+        {"name": "ex", "kind": "ews", "user": "s@x.org", "password": "${EX_PW}"},  # no endpoint
+        {"name": "typo", "kind": "imap", "host": "h", "user": "u", "auth": "oauth2", "oauth": "m356"},
+    ]
+    data["channels"][1]["send_through"] = "typo"
+    data["smtp"] = {"auth": "oauth2", "oauth": "m365"}
+    with pytest.raises(ConfigError) as err:
+        validate(data, "channels.yaml")
+    problems = err.value.problems
+    assert "oauth.m365: a microsoft provider needs exactly one of client_secret and certificate" in problems
+    assert "oauth.google: a refresh_token provider needs token_url, refresh_token" in problems
+    assert any(p.startswith("oauth.fixed.token: must be an environment reference") for p in problems)
+    assert any(p.startswith("channels[0].mailboxes[0]: Microsoft Graph takes only OAuth") for p in problems)
+    assert any(p.startswith("channels[0].mailboxes[1]: auth: oauth2 needs oauth:") for p in problems)
+    assert any(p.startswith("channels[0].mailboxes[2]: an ews mailbox needs service_endpoint") for p in problems)
+    assert any(p.startswith("smtp: auth: oauth2 needs user") for p in problems)
+    assert len(problems) == 7, problems
+
+    # With the fields fixed, the cross-checks name unknown providers and mailboxes that cannot send.
+    fixed = _oauth_config(client_secret="${M365_SECRET}")
+    fixed["channels"][0]["mailboxes"] = [
+        {"name": "typo", "kind": "imap", "host": "h", "user": "u", "auth": "oauth2", "oauth": "m356"},
+    ]
+    fixed["channels"][1]["send_through"] = "typo"
+    with pytest.raises(ConfigError) as err:
+        validate(fixed, "channels.yaml")
+    text = " ".join(err.value.problems)
+    assert "channels[0].mailboxes[0].oauth: unknown provider 'm356'" in text
+    assert "channels[1].send_through: imap mailbox 'typo' (only graph and ews mailboxes send)" in text
+
+
+def test_graph_mailbox_defaults_and_secrets_of_providers() -> None:
+    data = _oauth_config(certificate="/etc/helpdesk/app.pem", certificate_password="${CERT_PW}")
+    data["oauth"]["google"] = {  # type: ignore[index]
+        "kind": "refresh_token", "token_url": "https://oauth2.googleapis.com/token", "client_id": "g",
+        "client_secret": "${G_SECRET}", "refresh_token": "${G_REFRESH}",
+    }
+    data["channels"][0]["mailboxes"] = [
+        {"name": "m365", "kind": "graph", "user": "support@contoso.com", "auth": "oauth2", "oauth": "m365"},
+    ]
+    data["channels"][0]["send_through"] = "m365"
+    config = validate(data)
+    box = config.channels[0].mailboxes[0]
+    assert box.poll_interval == 10.0 and box.action.value == "move" and box.folder == "INBOX"
+    assert box.endpoint == "https://graph.microsoft.com/v1.0"
+    assert config.mailbox("m365") is box and config.mailbox("nope") is None
+    assert missing_secrets(config, {"HELPDESK_REPLY_SECRET": "x", "G_SECRET": "s"}) == [
+        "oauth.m365.certificate_password: environment variable CERT_PW is not set",
+        "oauth.google.refresh_token: environment variable G_REFRESH is not set",
+    ]

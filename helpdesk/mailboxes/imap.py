@@ -75,7 +75,7 @@ class ImapMailbox(ConfiguredMailbox):
         context = tls_context(cfg.verify_tls, cfg.ca_file)
         try:
             client = imapclient.IMAPClient(
-                cfg.host,
+                cfg.endpoint,
                 port=cfg.effective_port,
                 ssl=cfg.tls is TlsMode.IMPLICIT,
                 ssl_context=context,

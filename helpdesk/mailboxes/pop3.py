@@ -29,9 +29,9 @@ class Pop3Mailbox(ConfiguredMailbox):
         try:
             client: poplib.POP3
             if cfg.tls is TlsMode.IMPLICIT:
-                client = poplib.POP3_SSL(cfg.host, cfg.effective_port, timeout=cfg.timeout, context=context)
+                client = poplib.POP3_SSL(cfg.endpoint, cfg.effective_port, timeout=cfg.timeout, context=context)
             else:
-                client = poplib.POP3(cfg.host, cfg.effective_port, timeout=cfg.timeout)
+                client = poplib.POP3(cfg.endpoint, cfg.effective_port, timeout=cfg.timeout)
                 if cfg.tls is TlsMode.STARTTLS:
                     client.stls(context)
         except (OSError, poplib.error_proto) as exc:
