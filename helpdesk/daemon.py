@@ -26,16 +26,16 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from helpdesk.config import Config, ConfigError, MailboxConfig, SmtpConfig
+from helpdesk.config import Config, ConfigError, MailboxConfig
 from helpdesk.intake.runner import Clock, Intake, utcnow
 from helpdesk.mailboxes.base import Backoff, Mailbox, PermanentError, PollReport, TemporaryError
-from helpdesk.mailboxes.imap import ImapMailbox
+from helpdesk.mailboxes.factory import make_mailbox
 from helpdesk.mailboxes.lmtp import Listener
-from helpdesk.mailboxes.pop3 import Pop3Mailbox
+from helpdesk.oauth.tokens import Providers
 from helpdesk.outbound.failures import FailureRecorder
 from helpdesk.outbound.mailer import Mailer, SecretMissing
-from helpdesk.outbound.sender import OutboxSender, SendReport, Transport
-from helpdesk.outbound.transport import SmtpTransport
+from helpdesk.outbound.routing import Transport
+from helpdesk.outbound.sender import OutboxSender, SendReport
 from helpdesk.scheduler import jobs, leases
 from helpdesk.scheduler.sweep import SweepReport, sweep
 from helpdesk.store.db import make_engine, transaction
@@ -48,12 +48,6 @@ log = logging.getLogger(__name__)
 IDLE_CHUNK = 3.0
 # A mailbox worker whose mailbox is leased by another daemon tries again this often (seconds).
 LEASE_RETRY = 30.0
-
-
-def make_mailbox(config: MailboxConfig) -> Mailbox:
-    if config.kind == "imap":
-        return ImapMailbox(config)
-    return Pop3Mailbox(config)
 
 
 def sd_notify(state: str) -> None:
@@ -112,14 +106,14 @@ class Daemon:
         config: Config,
         engine: Engine | None = None,
         clock: Clock = utcnow,
-        mailbox_factory: Callable[[MailboxConfig], Mailbox] = make_mailbox,
-        transport_factory: Callable[[SmtpConfig], Transport] = SmtpTransport,
+        mailbox_factory: Callable[[MailboxConfig], Mailbox] | None = None,
+        transport_factory: Callable[[Config], Transport] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine or make_engine(config.database_url)
         upgrade(self.engine)
         self.clock = clock
-        self.mailbox_factory = mailbox_factory
+        self._mailbox_factory = mailbox_factory
         self.transport_factory = transport_factory
         self.instance = leases.instance_name()
         self._build(config)
@@ -137,9 +131,16 @@ class Daemon:
         mailer = Mailer(config)
         self.intake = Intake(self.engine, config, self.clock, mailer)
         self.mailer = mailer
+        # One set of token providers for every mailbox and transport: each token is fetched once.
+        self.providers = Providers(config.oauth)
         self.sender = OutboxSender(
-            self.engine, config, self.clock, FailureRecorder(config, mailer), self.transport_factory
+            self.engine, config, self.clock, FailureRecorder(config, mailer), self.transport_factory, self.providers
         )
+
+    def mailbox_factory(self, config: MailboxConfig) -> Mailbox:
+        if self._mailbox_factory is not None:
+            return self._mailbox_factory(config)
+        return make_mailbox(config, self.providers)
 
     # --- single pass -----------------------------------------------------------------------------
 

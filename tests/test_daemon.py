@@ -122,7 +122,8 @@ def test_two_daemons_never_poll_one_mailbox_at_once(
     """POP3 (and IMAP without IDLE) is polled by scheduler jobs; a lease keeps the two daemons apart."""
     import threading
 
-    from helpdesk.daemon import make_mailbox
+    from helpdesk.mailboxes.factory import make_mailbox
+    from helpdesk.oauth.tokens import Providers
 
     dovecot.append_many(mail_user, mails(6, tag=kind))
     config = config_with_mailboxes(mailbox_entry(dovecot, mail_user, kind=kind, idle=False, poll_interval=0.2))
@@ -130,7 +131,7 @@ def test_two_daemons_never_poll_one_mailbox_at_once(
     lock = threading.Lock()
 
     def factory(box_config: Any) -> Any:
-        return _Watched(make_mailbox(box_config), flight, lock)
+        return _Watched(make_mailbox(box_config, Providers({})), flight, lock)
 
     daemons = [Daemon(config, engine, clock, mailbox_factory=factory) for _ in range(2)]
     try:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from helpdesk.config import MailboxConfig, resolve_secret
 from helpdesk.intake.runner import Intake, Result
+from helpdesk.oauth.tokens import Providers, TokenError, TokenProvider
 
 
 class TemporaryError(Exception):
@@ -43,12 +44,24 @@ def mailbox_password(config: MailboxConfig, secret: SecretResolver) -> str:
 
 
 class ConfiguredMailbox:
-    """What the IMAP and POP3 adapters share: their configuration and how to get the password."""
+    """What the adapters share: their configuration and how to get the password or the OAuth tokens."""
 
-    def __init__(self, config: MailboxConfig, secret: SecretResolver = resolve_secret) -> None:
+    def __init__(
+        self, config: MailboxConfig, secret: SecretResolver = resolve_secret, providers: Providers | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self._secret = secret
+        self._providers = providers
+
+    def token_provider(self) -> TokenProvider:
+        """The provider named by ``oauth:``; its absence is a permanent (configuration) error."""
+        if self.config.oauth is None or self._providers is None:
+            raise PermanentError(f"mailbox {self.name}: auth: oauth2 needs a token provider (oauth:)")
+        try:
+            return self._providers.get(self.config.oauth)
+        except TokenError as exc:
+            raise PermanentError(f"mailbox {self.name}: {exc}") from None
 
 
 class Mailbox(Protocol):

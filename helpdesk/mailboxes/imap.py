@@ -30,6 +30,7 @@ from helpdesk.mailboxes.base import (
     TemporaryError,
     mailbox_password,
 )
+from helpdesk.oauth.tokens import Providers
 from helpdesk.store.db import transaction
 from helpdesk.store.models import MailboxState
 from helpdesk.store.queries import known_source_keys
@@ -56,8 +57,10 @@ def _as_temporary(exc: BaseException) -> TemporaryError:
 class ImapMailbox(ConfiguredMailbox):
     """One IMAP folder of one account."""
 
-    def __init__(self, config: MailboxConfig, secret: SecretResolver = resolve_secret) -> None:
-        super().__init__(config, secret)
+    def __init__(
+        self, config: MailboxConfig, secret: SecretResolver = resolve_secret, providers: Providers | None = None
+    ) -> None:
+        super().__init__(config, secret, providers)
         self._client: imapclient.IMAPClient | None = None
         self._idle_capable = False
 

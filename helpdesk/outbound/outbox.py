@@ -85,10 +85,15 @@ def ticket_of_message_ids(session: Session, message_ids: Sequence[str]) -> tuple
     """The ticket of the first of ``message_ids`` that we sent, with that id."""
     if not message_ids:
         return None
-    stmt = sa_select(OUTBOX.c.message_id, OUTBOX.c.ticket_id).where(
-        OUTBOX.c.message_id.in_(list(message_ids)), OUTBOX.c.ticket_id.is_not(None)
+    wanted = list(message_ids)
+    stmt = sa_select(OUTBOX.c.message_id, OUTBOX.c.sent_message_id, OUTBOX.c.ticket_id).where(
+        or_(OUTBOX.c.message_id.in_(wanted), OUTBOX.c.sent_message_id.in_(wanted)), OUTBOX.c.ticket_id.is_not(None)
     )
-    hits = {mid: ticket_id for mid, ticket_id in session.connection().execute(stmt)}
+    hits: dict[str, int] = {}
+    for ours, assigned, ticket_id in session.connection().execute(stmt):
+        hits[ours] = ticket_id
+        if assigned:  # the id the sending service gave the mail: what the customer's reply refers to
+            hits[assigned] = ticket_id
     for mid in message_ids:
         if mid in hits:
             return int(hits[mid]), mid
@@ -163,10 +168,12 @@ def mark(
     now: datetime,
     error: str | None,
     next_attempt_at: datetime | None = None,
+    sent_message_id: str | None = None,
 ) -> None:
     values: dict[str, Any] = {"state": state.value, "attempts": attempts, "last_error": error}
     if state is OutboxState.SENT:
         values["sent_at"] = now
+        values["sent_message_id"] = sent_message_id
     values["next_attempt_at"] = next_attempt_at or now
     session.connection().execute(update(OUTBOX).where(OUTBOX.c.id == row_id).values(values))
 

@@ -8,21 +8,24 @@ failed: the failure is recorded on its ticket and the ticket's owner is told by 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from helpdesk.config import Config, SmtpConfig
+from helpdesk.oauth.tokens import Providers
 from helpdesk.outbound import outbox
-from helpdesk.outbound.transport import Delivery, DeliveryStatus, Envelope, SmtpTransport
+from helpdesk.outbound.routing import Router, Transport
+from helpdesk.outbound.transport import Delivery, DeliveryStatus, Envelope
 from helpdesk.store.db import transaction
 from helpdesk.store.models import OutboxState
 
 log = logging.getLogger(__name__)
+
+HOLD_RETRY = timedelta(minutes=1)  # when a held-back mail is tried again, unless the transport says
 
 Clock = Callable[[], datetime]
 # Called inside the transaction that marks a mail failed: (session, claimed row, reason, now, whether the
@@ -30,17 +33,12 @@ Clock = Callable[[], datetime]
 FailureHook = Callable[[Session, outbox.Claimed, str, datetime, bool], None]
 
 
-class Transport(Protocol):
-    """What the sender needs from a transport: one result per envelope, in order."""
-
-    def deliver(self, envelopes: Sequence[Envelope]) -> list[Delivery]: ...
-
-
 @dataclass
 class SendReport:
     sent: int = 0
     deferred: int = 0
     failed: int = 0
+    held: int = 0  # not attempted: a sending limit of the mailbox
 
     @property
     def attempted(self) -> int:
@@ -59,13 +57,17 @@ class OutboxSender:
         config: Config,
         clock: Clock,
         on_failure: FailureHook,
-        transport: Callable[[SmtpConfig], Transport] = SmtpTransport,
+        transport: Callable[[Config], Transport] | None = None,
+        providers: Providers | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
         self.clock = clock
         self.on_failure = on_failure
-        self.transport = transport(config.smtp)
+        if transport is None:
+            self.transport: Transport = Router(config, providers or Providers(config.oauth))
+        else:
+            self.transport = transport(config)
 
     def run_once(self, max_batches: int = 100) -> SendReport:
         """Send what is due now, batch by batch, until nothing due is left (or ``max_batches``)."""
@@ -81,10 +83,13 @@ class OutboxSender:
             ]
             deliveries = {d.key: d for d in self.transport.deliver(envelopes)}
             self._record(claimed, deliveries, report)
-            if all(d.status is DeliveryStatus.TEMPORARY for d in deliveries.values()):
+            if all(d.status in (DeliveryStatus.TEMPORARY, DeliveryStatus.HELD) for d in deliveries.values()):
                 break  # the relay is not taking mail now: the rest waits for its next attempt
-        if report.attempted:
-            log.info("outbox: %d sent, %d deferred, %d failed", report.sent, report.deferred, report.failed)
+        if report.attempted or report.held:
+            log.info(
+                "outbox: %d sent, %d deferred, %d failed%s", report.sent, report.deferred, report.failed,
+                f", {report.held} held back by sending limits" if report.held else "",
+            )
         return report
 
     def _record(self, claimed: list[outbox.Claimed], deliveries: dict[int, Delivery], report: SendReport) -> None:
@@ -97,8 +102,17 @@ class OutboxSender:
                     delivery = Delivery(row.id, DeliveryStatus.TEMPORARY, "no result from the transport")
                 attempts = row.attempts + 1
                 if delivery.status is DeliveryStatus.SENT:
-                    outbox.mark(session, row.id, state=OutboxState.SENT, attempts=attempts, now=now, error=None)
+                    outbox.mark(
+                        session, row.id, state=OutboxState.SENT, attempts=attempts, now=now, error=None,
+                        sent_message_id=delivery.message_id,
+                    )
                     report.sent += 1
+                elif delivery.status is DeliveryStatus.HELD:
+                    outbox.mark(
+                        session, row.id, state=OutboxState.QUEUED, attempts=row.attempts, now=now,
+                        error=delivery.detail, next_attempt_at=delivery.retry_at or now + HOLD_RETRY,
+                    )
+                    report.held += 1
                 elif delivery.status is DeliveryStatus.TEMPORARY and now - row.created_at < retry_for:
                     outbox.mark(
                         session, row.id, state=OutboxState.QUEUED, attempts=attempts, now=now, error=delivery.detail,

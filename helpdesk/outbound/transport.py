@@ -17,6 +17,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 import aiosmtplib
@@ -33,6 +34,7 @@ from aiosmtplib import (
 
 from helpdesk.config import SmtpConfig, TlsMode, resolve_secret
 from helpdesk.mailboxes.imap import tls_context
+from helpdesk.oauth.tokens import Providers
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +58,21 @@ class DeliveryStatus(StrEnum):
     SENT = "sent"
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
+    HELD = "held"  # not attempted: a sending limit holds it back until ``retry_at``
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """The outcome for one envelope; ``detail`` is the server's reply or the error."""
+    """The outcome for one envelope; ``detail`` is the server's reply or the error.
+
+    ``message_id`` is the Message-ID the service gave the mail when it is not the one we wrote.
+    """
 
     key: int
     status: DeliveryStatus
     detail: str
+    message_id: str | None = None
+    retry_at: datetime | None = None
 
 
 class _NoSession(Exception):
@@ -108,9 +116,12 @@ def _refused(recipients: Sequence[SMTPRecipientRefused]) -> str:
 class SmtpTransport:
     """Sends batches of envelopes to ``config``'s server, one SMTP session per batch."""
 
-    def __init__(self, config: SmtpConfig, secret: SecretResolver = resolve_secret) -> None:
+    def __init__(
+        self, config: SmtpConfig, secret: SecretResolver = resolve_secret, providers: Providers | None = None
+    ) -> None:
         self.config = config
         self._secret = secret
+        self._providers = providers
 
     @property
     def server(self) -> str:

@@ -217,7 +217,8 @@ class AuditEvent(SQLModel, table=True):
 
 
 class MailboxState(SQLModel, table=True):
-    """Per-mailbox sync state: IMAP UIDVALIDITY and the highest UID whose raw bytes are stored."""
+    """Per-mailbox sync state: IMAP UIDVALIDITY and the highest UID whose raw bytes are stored; for
+    Graph and EWS the opaque sync token (delta link, sync state) up to which everything is stored."""
 
     __tablename__ = "mailbox_state"
     mailbox: str = Field(primary_key=True)
@@ -226,6 +227,7 @@ class MailboxState(SQLModel, table=True):
     last_uid: int = 0
     last_poll_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+    sync_token: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class Outbox(SQLModel, table=True):
@@ -248,6 +250,8 @@ class Outbox(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime, index=True)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+    # The Message-ID the sending service actually gave the mail, when it replaced ours.
+    sent_message_id: str | None = Field(default=None, index=True)
 
 
 class TicketWatcher(SQLModel, table=True):
