@@ -13,7 +13,10 @@ Tokens never appear in logs or reprs. The sources behind it:
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +30,7 @@ from helpdesk.config import OAuthConfig, resolve_secret
 
 log = logging.getLogger(__name__)
 
-Protocol_ = Literal["graph", "imap", "pop3", "smtp", "ews"]
+OAuthProtocol = Literal["graph", "imap", "pop3", "smtp", "ews"]
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 OUTLOOK_SCOPE = "https://outlook.office365.com/.default"
 GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
@@ -78,13 +81,46 @@ def _secret(resolve: SecretResolver, reference: str | None, where: str) -> str |
         raise TokenError(f"{where}: {exc.args[0] if exc.args else exc}", permanent=True) from None
 
 
-def default_scope(config: OAuthConfig, protocol: Protocol_) -> str:
+def default_scope(config: OAuthConfig, protocol: OAuthProtocol) -> str:
     """The scope a provider asks for when talking ``protocol``, unless the config names one."""
     if config.scope is not None:
         return config.scope
     if config.kind == "microsoft":
         return GRAPH_SCOPE if protocol == "graph" else OUTLOOK_SCOPE
     return GOOGLE_MAIL_SCOPE
+
+
+def _tls_verify(config: OAuthConfig) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for ``config``: its CA file when set (as a context: httpx deprecates a path), else on/off."""
+    if not config.ca_file:
+        return config.verify_tls
+    try:
+        return ssl.create_default_context(cafile=config.ca_file)
+    except OSError as exc:  # a missing file, or one without a certificate
+        raise TokenError(f"ca_file {config.ca_file}: {exc}", permanent=True) from None
+
+
+def _discovery_error(exc: BaseException, where: str) -> TokenError | None:
+    """The identity platform's answer inside msal's ValueError about a refused authority, if it has one.
+
+    msal raises ``ValueError("Unable to get authority configuration ...")`` while handling its own
+    ``ValueError("OIDC Discovery failed on URL. HTTP status: 400, Error: {json body}")``: the body
+    carries ``error`` and ``error_codes`` (``AADSTS90002`` for an unknown tenant).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        start = text.find("{")
+        if start >= 0:
+            try:
+                body, _ = json.JSONDecoder().raw_decode(text[start:])
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("error"):
+                status = re.search(r"HTTP status: (\d{3})", text)
+                return _oauth_error(int(status.group(1)) if status else 400, body, where)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _oauth_error(status: int, body: Mapping[str, Any], where: str) -> TokenError:
@@ -126,7 +162,7 @@ class RefreshTokenGrant:
         if scope:
             form["scope"] = scope
         where = f"token endpoint {cfg.token_url}"
-        verify: Any = cfg.ca_file or cfg.verify_tls
+        verify = _tls_verify(cfg)
         try:
             response = httpx.post(cfg.token_url or "", data=form, timeout=cfg.timeout, verify=verify)
         except httpx.HTTPError as exc:
@@ -146,6 +182,32 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"error_description": response.text[:200]}
     return body if isinstance(body, dict) else {}
+
+
+class _MsalHttpClient:
+    """msal's ``HttpClient`` interface over httpx, which keeps the configured ``verify`` whatever the environment.
+
+    (msal's default requests session lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override its ``verify``,
+    psf/requests#3829, losing ``ca_file`` and ``verify_tls``.) msal hands some form values as bytes
+    (the signed client assertion), which httpx would send as ``b'...'``: they are decoded first.
+    """
+
+    def __init__(self, config: OAuthConfig) -> None:
+        self._client = httpx.Client(verify=_tls_verify(config), timeout=config.timeout)
+
+    def post(
+        self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
+    ) -> httpx.Response:
+        if isinstance(data, Mapping):
+            form = {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
+            return self._client.post(url, params=params, data=form, headers=headers, **kwargs)
+        return self._client.post(url, params=params, content=data, headers=headers, **kwargs)
+
+    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> httpx.Response:
+        return self._client.get(url, params=params, headers=headers, **kwargs)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 class MicrosoftClientCredentials:
@@ -190,33 +252,38 @@ class MicrosoftClientCredentials:
             import msal  # imported on first use: msal pulls in requests and its dependencies
 
             cfg = self.config
+            # Outside the try below: their TokenErrors (an unset variable, an unreadable file) are permanent.
+            credential = self._credential()
+            http = _MsalHttpClient(cfg)
             try:
                 self._app = msal.ConfidentialClientApplication(
                     cfg.client_id,
-                    client_credential=self._credential(),
+                    client_credential=credential,
                     authority=self.authority,
-                    verify=cfg.ca_file or cfg.verify_tls,
-                    timeout=cfg.timeout,
+                    http_client=http,
                     token_cache=msal.TokenCache(),
                     # Instance discovery asks login.microsoftonline.com about the host: only for Microsoft's own.
                     instance_discovery=None if cfg.authority_host.rstrip("/") in MICROSOFT_CLOUDS else False,
                 )
-            except ValueError as exc:  # a key msal cannot load, an authority it refuses
-                raise TokenError(f"msal: {exc}", permanent=True) from None
-            except Exception as exc:  # requests' connection errors during discovery
+            except ValueError as exc:  # a key msal cannot load, an authority it refuses (unknown tenant)
+                http.close()
+                raise _discovery_error(exc, self.authority) or TokenError(f"msal: {exc}", permanent=True) from None
+            except Exception as exc:  # connection errors and 5xx answers during discovery
+                http.close()
                 raise TokenError(f"{self.authority}: {type(exc).__name__}: {exc}", permanent=False) from None
         return self._app
 
     def fetch(self, scope: str) -> AccessToken:
         with self._lock:
             app = self._application()
-            for stale in app.token_cache.search(app.token_cache.CredentialType.ACCESS_TOKEN):
+            # A snapshot: search() is a generator over the cache that remove_at() changes.
+            for stale in list(app.token_cache.search(app.token_cache.CredentialType.ACCESS_TOKEN)):
                 app.token_cache.remove_at(stale)
             try:
                 result = app.acquire_token_for_client(scopes=[scope])
             except ValueError as exc:
                 raise TokenError(f"msal: {exc}", permanent=True) from None
-            except Exception as exc:  # requests' connection errors
+            except Exception as exc:  # connection errors, 5xx answers (msal raises for those)
                 raise TokenError(f"{self.authority}: {type(exc).__name__}: {exc}", permanent=False) from None
         if not isinstance(result, dict) or "access_token" not in result:
             body = result if isinstance(result, dict) else {}
@@ -252,7 +319,8 @@ class TokenProvider:
         """A server refused ``rejected``: fetch a new token unless another caller already did."""
         with self._lock:
             cached = self._tokens.get(scope)
-            if cached is not None and cached.value != rejected:
+            fresh = cached is not None and cached.expires_at - self.margin > self._clock()
+            if cached is not None and fresh and cached.value != rejected:
                 return cached.value
             return self._fetch(scope)
 
