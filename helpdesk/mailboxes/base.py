@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from helpdesk.config import MailboxConfig, resolve_secret
 from helpdesk.intake.runner import Intake, Result
-from helpdesk.oauth.tokens import Providers, TokenError, TokenProvider
+from helpdesk.oauth.sasl import Mechanism
+from helpdesk.oauth.tokens import OAuthProtocol, Providers, TokenError, TokenProvider, default_scope
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class TemporaryError(Exception):
@@ -18,6 +24,29 @@ class TemporaryError(Exception):
 
 class PermanentError(Exception):
     """A configuration or account problem that retrying alone will not fix (still retried, slowly)."""
+
+
+class TokenRefused(Exception):
+    """The server refused an OAuth token: its reply and the SASL error status (``invalid_token``).
+
+    Carries what the server said, never the token.
+    """
+
+    def __init__(self, reply: str, status: str | None = None) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.status = status
+
+    def describe(self) -> str:
+        return self.reply + (f" (SASL status {self.status})" if self.status else "")
+
+
+def sasl_error_reply(mechanism: Mechanism) -> bytes:
+    """What the client sends after the server's JSON error challenge so that the server ends the exchange.
+
+    XOAUTH2 (Google, Microsoft): an empty response. OAUTHBEARER (RFC 7628 section 3.2.3): a single ^A.
+    """
+    return b"\x01" if mechanism == "oauthbearer" else b""
 
 
 @dataclass
@@ -54,6 +83,12 @@ class ConfiguredMailbox:
         self._secret = secret
         self._providers = providers
 
+    def oauth_scope(self, protocol: OAuthProtocol) -> str:
+        """The scope to ask the mailbox's provider for when speaking ``protocol``."""
+        if self.config.oauth is None or self._providers is None:
+            raise PermanentError(f"mailbox {self.name}: auth: oauth2 needs a token provider (oauth:)")
+        return default_scope(self._providers.config(self.config.oauth), protocol)
+
     def token_provider(self) -> TokenProvider:
         """The provider named by ``oauth:``; its absence is a permanent (configuration) error."""
         if self.config.oauth is None or self._providers is None:
@@ -62,6 +97,41 @@ class ConfiguredMailbox:
             return self._providers.get(self.config.oauth)
         except TokenError as exc:
             raise PermanentError(f"mailbox {self.name}: {exc}") from None
+
+    def token_login(self, protocol: OAuthProtocol, login: Callable[[str], T]) -> T:
+        """Run ``login(token)``; when the server refuses the token (:class:`TokenRefused`), renew it and
+        run ``login`` once more. A token refused twice is a :class:`PermanentError` naming the server's
+        reply; a token that cannot be had is permanent or temporary as the :class:`TokenError` says.
+        """
+        provider = self.token_provider()
+        scope = self.oauth_scope(protocol)
+        token = self._obtain(lambda: provider.token(scope), "getting")
+        try:
+            return login(token)
+        except TokenRefused as refused:
+            log.warning(
+                "mailbox %s: %s refused the OAuth token of provider %s for %s: %s; renewing it and trying once more",
+                self.name, self.config.endpoint, provider.name, self.config.user, refused.describe(),
+            )
+        renewed = self._obtain(lambda: provider.renew(scope, token), "renewing")
+        try:
+            return login(renewed)
+        except TokenRefused as refused:
+            raise PermanentError(
+                f"mailbox {self.name}: the OAuth token was refused by {self.config.endpoint} (login as "
+                f"{self.config.user} with {self.config.sasl.upper()}, token of provider {provider.name}), also after "
+                f"renewing it once: {refused.describe()}"
+            ) from None
+
+    def _obtain(self, fetch: Callable[[], str], doing: str) -> str:
+        """A token from ``fetch``; a :class:`TokenError` becomes a permanent or temporary mailbox error."""
+        try:
+            return fetch()
+        except TokenError as exc:
+            message = f"mailbox {self.name}: {doing} the OAuth token failed: {exc}"
+            if exc.permanent:
+                raise PermanentError(message) from None
+            raise TemporaryError(message) from None
 
 
 class Mailbox(Protocol):

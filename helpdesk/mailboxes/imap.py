@@ -12,9 +12,10 @@ Message-ID and recorded as duplicates, never as new tickets.
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import logging
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import imapclient
@@ -28,8 +29,11 @@ from helpdesk.mailboxes.base import (
     PollReport,
     SecretResolver,
     TemporaryError,
+    TokenRefused,
     mailbox_password,
+    sasl_error_reply,
 )
+from helpdesk.oauth.sasl import Mechanism, error_status, initial_response
 from helpdesk.oauth.tokens import Providers
 from helpdesk.store.db import transaction
 from helpdesk.store.models import MailboxState
@@ -54,6 +58,29 @@ def _as_temporary(exc: BaseException) -> TemporaryError:
     return TemporaryError(f"{type(exc).__name__}: {exc}")
 
 
+class _SaslExchange:
+    """The client side of ``AUTHENTICATE`` with a bearer token: the initial response to the server's
+    first (empty) continuation, then the answer that ends the exchange to an error challenge, which
+    is kept (``status``) for the error message."""
+
+    def __init__(self, mechanism: Mechanism, response: bytes) -> None:
+        self._mechanism = mechanism
+        self._response = response
+        self._sent = False
+        self.challenge: bytes | None = None
+
+    def __call__(self, challenge: bytes) -> bytes:
+        if not self._sent:
+            self._sent = True
+            return self._response
+        self.challenge = challenge
+        return sasl_error_reply(self._mechanism)
+
+    @property
+    def status(self) -> str | None:
+        return None if self.challenge is None else error_status(self.challenge)
+
+
 class ImapMailbox(ConfiguredMailbox):
     """One IMAP folder of one account."""
 
@@ -74,7 +101,25 @@ class ImapMailbox(ConfiguredMailbox):
         if self._client is not None:
             return self._client
         cfg = self.config
-        password = mailbox_password(cfg, self._secret)
+        if cfg.auth == "oauth2":
+            client = self.token_login("imap", lambda token: self._open(lambda c: self._token_login(c, token)))
+        else:
+            password = mailbox_password(cfg, self._secret)
+            client = self._open(lambda c: c.login(cfg.user, password))
+        try:
+            capabilities = {c.upper() for c in client.capabilities()}
+            self._idle_capable = b"IDLE" in capabilities
+            if cfg.action is AfterImport.MOVE and not client.folder_exists(cfg.move_to):
+                client.create_folder(cfg.move_to)
+        except (OSError, IMAPClientError) as exc:
+            self._safe_logout(client)
+            raise _as_temporary(exc) from exc
+        self._client = client
+        return client
+
+    def _open(self, login: Callable[[imapclient.IMAPClient], object]) -> imapclient.IMAPClient:
+        """A new connection, secured as configured and logged in by ``login``."""
+        cfg = self.config
         context = tls_context(cfg.verify_tls, cfg.ca_file)
         try:
             client = imapclient.IMAPClient(
@@ -89,19 +134,38 @@ class ImapMailbox(ConfiguredMailbox):
         try:
             if cfg.tls is TlsMode.STARTTLS:
                 client.starttls(context)
-            client.login(cfg.user, password)
-            capabilities = {c.upper() for c in client.capabilities()}
-            self._idle_capable = b"IDLE" in capabilities
-            if cfg.action is AfterImport.MOVE and not client.folder_exists(cfg.move_to):
-                client.create_folder(cfg.move_to)
+            login(client)
         except LoginError as exc:
             self._safe_logout(client)
             raise PermanentError(f"mailbox {cfg.name}: login as {cfg.user} refused: {exc}") from exc
         except (OSError, IMAPClientError) as exc:
             self._safe_logout(client)
             raise _as_temporary(exc) from exc
-        self._client = client
+        except (TokenRefused, PermanentError, TemporaryError):
+            self._safe_logout(client)
+            raise
         return client
+
+    def _token_login(self, client: imapclient.IMAPClient, token: str) -> None:
+        """``AUTHENTICATE XOAUTH2`` or ``OAUTHBEARER``; raises :class:`TokenRefused` when the server says no."""
+        cfg = self.config
+        mechanism = cfg.sasl.upper()
+        if not client.has_capability(f"AUTH={mechanism}"):
+            raise PermanentError(
+                f"mailbox {cfg.name}: {cfg.endpoint} does not offer AUTH={mechanism} (set sasl: to one it offers)"
+            )
+        exchange = _SaslExchange(
+            cfg.sasl, initial_response(cfg.sasl, cfg.user, token, cfg.endpoint, cfg.effective_port)
+        )
+        try:
+            client.sasl_login(mechanism, exchange)
+        except LoginError as exc:
+            if isinstance(exc.__context__, imaplib.IMAP4.abort):  # the connection broke, nothing was refused
+                raise TemporaryError(f"mailbox {cfg.name}: connection lost while logging in: {exc}") from None
+            reply = str(exc)
+            if "[UNAVAILABLE]" in reply.upper():  # RFC 5530: the server cannot check the token right now
+                raise TemporaryError(f"mailbox {cfg.name}: {cfg.endpoint} could not check the token: {reply}") from None
+            raise TokenRefused(reply, exchange.status) from None
 
     @staticmethod
     def _safe_logout(client: imapclient.IMAPClient) -> None:

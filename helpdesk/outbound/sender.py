@@ -108,9 +108,10 @@ class OutboxSender:
                     )
                     report.sent += 1
                 elif delivery.status is DeliveryStatus.HELD:
+                    wait = timedelta(seconds=delivery.retry_in) if delivery.retry_in else HOLD_RETRY
                     outbox.mark(
                         session, row.id, state=OutboxState.QUEUED, attempts=row.attempts, now=now,
-                        error=delivery.detail, next_attempt_at=delivery.retry_at or now + HOLD_RETRY,
+                        error=delivery.detail, next_attempt_at=now + wait,
                     )
                     report.held += 1
                 elif delivery.status is DeliveryStatus.TEMPORARY and now - row.created_at < retry_for:

@@ -5,19 +5,26 @@
 reply: retrying cannot help) or ``TEMPORARY`` (a 4xx reply, or the server could not be reached,
 timed out, failed TLS, hung up, or our own credentials are wrong or missing: try again later).
 Our own misconfiguration never fails a message permanently.
+
+With ``auth: oauth2`` the login is ``AUTH XOAUTH2`` or ``AUTH OAUTHBEARER`` (RFC 4954, RFC 7628)
+with a token from the ``smtp.oauth`` provider. The initial response goes on the AUTH line unless
+that line would exceed SMTP's 512 octets, else after the server's ``334``. A refused token draws
+a ``334`` JSON error challenge, which the client ends to get the final ``535``; the token is then
+renewed once and the login tried again on a new connection. A token refused twice, or one that
+cannot be had, defers the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import logging
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import aiosmtplib
@@ -33,14 +40,20 @@ from aiosmtplib import (
 )
 
 from helpdesk.config import SmtpConfig, TlsMode, resolve_secret
+from helpdesk.mailboxes.base import TokenRefused, sasl_error_reply
 from helpdesk.mailboxes.imap import tls_context
-from helpdesk.oauth.tokens import Providers
+from helpdesk.oauth.sasl import encoded, error_status
+from helpdesk.oauth.tokens import Providers, TokenError, TokenProvider, default_scope
 
 log = logging.getLogger(__name__)
 
 SecretResolver = Callable[[str | None], str | None]
 
 AUTH_REQUIRED = 530
+AUTH_SUCCESSFUL = 235
+AUTH_CONTINUE = 334
+AUTH_FAILED = 535
+COMMAND_LINE_LIMIT = 512  # octets of an SMTP command line with its CRLF (RFC 5321 section 4.5.3.1.4)
 CLOSE_WAIT = 2.0  # seconds to let a closed connection finish its TLS shutdown
 
 
@@ -58,7 +71,7 @@ class DeliveryStatus(StrEnum):
     SENT = "sent"
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
-    HELD = "held"  # not attempted: a sending limit holds it back until ``retry_at``
+    HELD = "held"  # not attempted: a sending limit holds it back for ``retry_in`` seconds
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,19 @@ class Delivery:
     status: DeliveryStatus
     detail: str
     message_id: str | None = None
-    retry_at: datetime | None = None
+    retry_in: float | None = None  # HELD: seconds until the limit lets it go
+
+
+@dataclass
+class _TokenLogin:
+    """An OAuth login: the provider, the scope, and the token last obtained (replaced when renewed)."""
+
+    provider: TokenProvider
+    scope: str
+    token: str = field(repr=False)
+
+
+_Login = str | _TokenLogin | None  # a password, a token login, or no login at all
 
 
 class _NoSession(Exception):
@@ -142,11 +167,11 @@ class SmtpTransport:
         results: list[Delivery]
         problem: str | None
         try:
-            password = self._password()
+            login = await self._token_login() if self.config.auth == "oauth2" else self._password()
         except _NoSession as exc:
             results, problem = self._defer(envelopes, exc.detail), exc.detail
         else:
-            results, problem = await self._send_all(envelopes, password)
+            results, problem = await self._send_all(envelopes, login)
         self._log(results, problem)
         return results
 
@@ -164,8 +189,32 @@ class SmtpTransport:
         except ValueError as exc:
             raise _NoSession(f"smtp.password: {exc}") from None
 
+    async def _token_login(self) -> _TokenLogin:
+        """The provider and scope of ``smtp.oauth`` and a first token (fetched in a worker thread)."""
+        config = self.config
+        if config.oauth is None or self._providers is None:
+            raise _NoSession("smtp.auth is oauth2 but no token provider is configured (smtp.oauth)")
+        try:
+            provider = self._providers.get(config.oauth)
+            scope = default_scope(self._providers.config(config.oauth), "smtp")
+        except TokenError as exc:
+            raise _NoSession(f"smtp.oauth: {exc}") from None
+        except KeyError:
+            raise _NoSession(f"smtp.oauth: no oauth provider named {config.oauth!r}") from None
+        token = await self._obtain(lambda: provider.token(scope), provider, "getting")
+        return _TokenLogin(provider, scope, token)
+
+    async def _obtain(self, fetch: Callable[[], str], provider: TokenProvider, doing: str) -> str:
+        """A token from ``fetch``, run in a worker thread (it may ask the token endpoint over HTTP)."""
+        try:
+            return await asyncio.to_thread(fetch)
+        except TokenError as exc:
+            raise _NoSession(
+                f"{doing} the OAuth token of provider {provider.name} for SMTP as {self.config.user} failed: {exc}"
+            ) from None
+
     async def _send_all(
-        self, envelopes: Sequence[Envelope], password: str | None
+        self, envelopes: Sequence[Envelope], login: _Login
     ) -> tuple[list[Delivery], str | None]:
         results: list[Delivery] = []
         smtp: aiosmtplib.SMTP | None = None
@@ -182,7 +231,7 @@ class SmtpTransport:
                             break
                         reconnected = True
                     try:
-                        smtp = await self._connect(password)
+                        smtp = await self._session(login)
                     except _NoSession as exc:
                         problem = exc.detail
                         results.extend(self._defer(envelopes[index:], exc.detail))
@@ -193,8 +242,32 @@ class SmtpTransport:
                 await self._quit(smtp)
         return results, problem
 
-    async def _connect(self, password: str | None) -> aiosmtplib.SMTP:
-        """Connect, say EHLO, secure the session per ``config.tls`` and log in when a user is set."""
+    async def _session(self, login: _Login) -> aiosmtplib.SMTP:
+        """A logged-in session; a token the server refuses is renewed and tried once more."""
+        if not isinstance(login, _TokenLogin):
+            return await self._connect(login)
+        try:
+            return await self._connect(None, login.token)
+        except TokenRefused as refused:
+            log.warning(
+                "smtp %s: the OAuth token of provider %s for %s was refused: %s; renewing it and trying once more",
+                self.server, login.provider.name, self.config.user, refused.describe(),
+            )
+        rejected = login.token
+        login.token = await self._obtain(lambda: login.provider.renew(login.scope, rejected), login.provider,
+                                         "renewing")
+        try:
+            return await self._connect(None, login.token)
+        except TokenRefused as refused:
+            raise _NoSession(
+                f"SMTP authentication as {self.config.user} at {self.server} failed: the OAuth token of provider "
+                f"{login.provider.name} was refused ({self.config.sasl.upper()}), also after renewing it once: "
+                f"{refused.describe()}"
+            ) from None
+
+    async def _connect(self, password: str | None, token: str | None = None) -> aiosmtplib.SMTP:
+        """Connect, say EHLO, secure the session per ``config.tls`` and log in when a user is set
+        (with ``token`` when given, else with ``password``)."""
         config = self.config
         context: ssl.SSLContext | None = None
         if config.tls is not TlsMode.NONE:
@@ -222,11 +295,44 @@ class SmtpTransport:
             raise _NoSession(self._connect_problem(exc)) from None
         if config.user is not None:
             try:
-                await smtp.login(config.user, password or "")
+                if token is not None:
+                    await self._token_auth(smtp, config.user, token)
+                else:
+                    await smtp.login(config.user, password or "")
+            except (TokenRefused, _NoSession):
+                await self._quit(smtp)
+                raise
             except (SMTPException, OSError) as exc:
                 await self._quit(smtp)
                 raise _NoSession(self._login_problem(config.user, exc)) from None
         return smtp
+
+    async def _token_auth(self, smtp: aiosmtplib.SMTP, user: str, token: str) -> None:
+        """``AUTH XOAUTH2`` / ``AUTH OAUTHBEARER``; raises :class:`TokenRefused` when the server refuses the token."""
+        config = self.config
+        mechanism = config.sasl.upper().encode("ascii")
+        if config.sasl not in smtp.server_auth_methods:
+            offered = " ".join(m.upper() for m in smtp.server_auth_methods) or "none"
+            raise _NoSession(
+                f"{self.server} does not offer AUTH {config.sasl.upper()} (it offers: {offered}); "
+                "set smtp.sasl to one it offers"
+            )
+        response = encoded(config.sasl, user, token, config.host, config.effective_port).encode("ascii")
+        if len(b"AUTH %s %s\r\n" % (mechanism, response)) <= COMMAND_LINE_LIMIT:
+            reply = await smtp.execute_command(b"AUTH", mechanism, response)
+        else:  # RFC 4954 section 4: no initial response that would make the line too long
+            reply = await smtp.execute_command(b"AUTH", mechanism)
+            if reply.code == AUTH_CONTINUE:
+                reply = await smtp.execute_command(response)
+        status: str | None = None
+        if reply.code == AUTH_CONTINUE:  # the error challenge: end the exchange to get the final reply
+            status = error_status(reply.message)
+            reply = await smtp.execute_command(base64.b64encode(sasl_error_reply(config.sasl)))
+        if reply.code == AUTH_SUCCESSFUL:
+            return
+        if reply.code == AUTH_FAILED or (status is not None and 500 <= reply.code < 600):
+            raise TokenRefused(_reply(reply.code, reply.message), status)
+        raise SMTPResponseException(reply.code, reply.message)
 
     def _connect_problem(self, exc: BaseException) -> str:
         cause = exc.__cause__

@@ -20,6 +20,11 @@ Typical use::
         uid = server.append("alice", b"Subject: hi\\r\\n\\r\\nbody\\r\\n")
         with server.connect("alice") as imap:
             imap.select_folder("INBOX")
+
+With ``oauth2_introspection_url`` the server also takes OAuth 2.0 bearer tokens (SASL XOAUTH2 and
+OAUTHBEARER) through Dovecot's ``oauth2`` passdb, which asks that RFC 7662 introspection endpoint
+(plain http) about every token and accepts it when the answer is ``active`` and its ``email``
+is the login name. Passwords (PLAIN, LOGIN) keep going to the passwd-files.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ class Dovecot:
         extra_config: str = "",
         keep_files: bool = False,
         parent_dir: str | Path | None = None,
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         """Create the temporary directory; nothing runs until ``start()``.
 
@@ -109,9 +115,11 @@ class Dovecot:
         win in Dovecot).  ``keep_files`` leaves ``base_dir`` behind on ``close()``
         for post-mortem debugging.  ``base_dir`` is created in ``parent_dir``
         (default: the system temp dir), which the unprivileged mail processes
-        must be able to traverse.
+        must be able to traverse.  ``oauth2_introspection_url`` turns on token
+        logins (see the module docstring); it may also be set before a ``restart()``.
         """
         self.ssl = ssl
+        self.oauth2_introspection_url = oauth2_introspection_url
         self.startup_timeout = startup_timeout
         self.extra_config = extra_config
         self.keep_files = keep_files
@@ -122,6 +130,7 @@ class Dovecot:
         self.instance_name = f"hdtest-{secrets.token_hex(4)}"
         self.config_path = self.base_dir / "dovecot.conf"
         self.log_path = self.base_dir / "dovecot.log"
+        self.oauth2_config_path = self.base_dir / "dovecot-oauth2.conf.ext"
         self.stderr_path = self.base_dir / "dovecot.stderr"
         self.passwd_dir = self.base_dir / "passwd.d"
         self.run_dir = self.base_dir / "run"
@@ -562,7 +571,7 @@ class Dovecot:
             "shutdown_clients = yes",
             "",
             "disable_plaintext_auth = no",
-            "auth_mechanisms = plain login",
+            f"auth_mechanisms = plain login{' xoauth2 oauthbearer' if self.oauth2_introspection_url else ''}",
             "auth_failure_delay = 0",
             "auth_cache_size = 0",
             "auth_verbose = yes",
@@ -589,7 +598,9 @@ class Dovecot:
             "  driver = passwd-file",
             "  # One file per user: a new user needs no re-read of a cached file.",
             f"  args = scheme=PLAIN username_format=%u {self.passwd_dir}/%u",
+            *(["  mechanisms = plain login"] if self.oauth2_introspection_url else []),
             "}",
+            *self._oauth2_passdb(),
             "userdb {",
             "  driver = static",
             f"  args = home={self.home_root}/%u",
@@ -648,6 +659,31 @@ class Dovecot:
         if self.extra_config:
             lines += ["", "# extra_config", self.extra_config]
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _oauth2_passdb(self) -> list[str]:
+        """The oauth2 passdb block (and its settings file) when token logins are on."""
+        url = self.oauth2_introspection_url
+        if not url:
+            return []
+        settings = [
+            "# Written by tests/servers/dovecot.py: every token is checked by RFC 7662 introspection.",
+            f"introspection_url = {url}",
+            "introspection_mode = post",
+            "force_introspection = yes",
+            "username_attribute = email",
+            "active_attribute = active",
+            "active_value = true",
+            "timeout_msecs = 10000",
+        ]
+        self.oauth2_config_path.write_text("\n".join(settings) + "\n")
+        self.oauth2_config_path.chmod(0o644)  # read by the auth process
+        return [
+            "passdb {",
+            "  driver = oauth2",
+            "  mechanisms = xoauth2 oauthbearer",
+            f"  args = {self.oauth2_config_path}",
+            "}",
+        ]
 
     def _launch(self) -> None:
         # A fresh run dir: no stale master.pid or sockets from a previous run.

@@ -10,16 +10,27 @@ certificate (``cert_path`` is the CA file clients must trust). The port is picke
         ...  # send to sink.host:sink.port
         [message] = sink.wait_for(1)
 
+With ``check_token`` the sink requires AUTH with an OAuth 2.0 bearer token (SASL XOAUTH2 or
+OAUTHBEARER, initial response on the AUTH line or after ``334``) and asks ``check_token(user,
+token)`` whether to take it. A refused token is answered as Gmail and Exchange Online do: a ``334``
+challenge holding the base64 JSON error (``{"status":"401","schemes":"bearer","scope":...}``;
+OAUTHBEARER: ``"status":"invalid_token"``, RFC 7628), and after the client's answer to it
+``535 5.7.3 Authentication unsuccessful``. Every attempt is recorded in ``token_logins`` (never
+the token). Such a sink reads lines of up to 12288 octets, as RFC 4954 asks of AUTH exchanges.
+
 ``SilentServer`` accepts TCP connections and never sends a byte: a hung server for timeout tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email
 import email.policy
 import errno
 import itertools
+import json
 import logging
 import shutil
 import socket
@@ -36,12 +47,15 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from tests.servers.certs import make_self_signed
 
 TlsKind = Literal["none", "starttls", "implicit"]
+TokenCheck = Callable[[str, str], bool]  # (user, token) -> accepted
+AUTH_LINE_LIMIT = 12288  # RFC 4954 section 4: what a server must take in an AUTH exchange
+TOKEN_REFUSED = "535 5.7.3 Authentication unsuccessful"
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +84,32 @@ class Received:
     auth_user: str | None
 
 
+@dataclass(frozen=True)
+class TokenLogin:
+    """One AUTH XOAUTH2 / OAUTHBEARER attempt the sink saw."""
+
+    mechanism: str
+    user: str | None
+    accepted: bool
+    initial_response: bool  # the token came on the AUTH line (not after a 334)
+
+
+class _LongLineSMTP(SMTP):
+    """aiosmtpd's server reading lines of up to RFC 4954's AUTH length (bearer tokens can be long)."""
+
+    line_length_limit = AUTH_LINE_LIMIT + 2
+
+
 class _Controller(Controller):
     """aiosmtpd's threaded controller, remembering its sessions so ``stop()`` can close them."""
 
-    def __init__(self, handler: Any, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, server_class: type[SMTP] = SMTP, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self.server_class = server_class
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     def factory(self) -> SMTP:
-        smtp: SMTP = super().factory()  # type: ignore[no-untyped-call]
+        smtp = self.server_class(self.handler, **self.SMTP_kwargs)
         self.sessions.add(smtp)
         return smtp
 
@@ -99,7 +130,7 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str, mail_options: list[str]
     ) -> str:
         self.sink._count_session(server)
-        if self.sink.require_auth is not None and not session.authenticated:
+        if self.sink.wants_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -135,6 +166,66 @@ class _Handler:
         return self.sink._accept(received)
 
 
+class _TokenHandler(_Handler):
+    """The sink's hooks plus the bearer-token mechanisms (aiosmtpd calls ``auth_<MECHANISM>``)."""
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._token_auth(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._token_auth(server, args, "OAUTHBEARER")
+
+    async def _token_auth(self, server: SMTP, args: list[str], mechanism: str) -> AuthResult:
+        initial = len(args) > 1
+        if initial:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            answer = await server.challenge_auth("")
+            if answer is MISSING:  # aborted or not base64: aiosmtpd has answered
+                return AuthResult(success=False, handled=True)
+            assert isinstance(answer, bytes)
+            blob = answer
+        user, token = _oauthbearer_fields(blob) if mechanism == "OAUTHBEARER" else _xoauth2_fields(blob)
+        accepted = False
+        if user is not None and token is not None:
+            accepted = await asyncio.get_running_loop().run_in_executor(None, self.sink._check_token, user, token)
+        self.sink._record_token_login(TokenLogin(mechanism, user, accepted, initial))
+        if accepted:
+            return AuthResult(success=True, auth_data=user)
+        status = "invalid_token" if mechanism == "OAUTHBEARER" else "401"
+        error = json.dumps({"status": status, "schemes": "bearer", "scope": self.sink.token_scope})
+        if await server.challenge_auth(error) is MISSING:
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=TOKEN_REFUSED)
+
+
+def _xoauth2_fields(blob: bytes) -> tuple[str | None, str | None]:
+    """``user`` and the bearer token of ``user=..^Aauth=Bearer ..^A^A``."""
+    user = token = None
+    for part in blob.decode("utf-8", "replace").split("\x01"):
+        key, _, value = part.partition("=")
+        if key == "user":
+            user = value
+        elif key == "auth" and value[:7].lower() == "bearer ":
+            token = value[7:]
+    return user, token
+
+
+def _oauthbearer_fields(blob: bytes) -> tuple[str | None, str | None]:
+    """The authzid (``a=``) and the bearer token of an RFC 7628 client response."""
+    header, _, rest = blob.decode("utf-8", "replace").partition("\x01")
+    user = None
+    for item in header.split(",")[1:]:
+        if item.startswith("a="):
+            user = item[2:].replace("=2C", ",").replace("=3D", "=")
+    _, token = _xoauth2_fields(rest.encode())
+    return user, token
+
+
 def _parse(data: bytes) -> EmailMessage:
     message = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(message, EmailMessage)
@@ -158,11 +249,20 @@ class SmtpSink:
     host = "127.0.0.1"
 
     def __init__(
-        self, tls: TlsKind = "none", require_auth: tuple[str, str] | None = None, port: int = 0
+        self,
+        tls: TlsKind = "none",
+        require_auth: tuple[str, str] | None = None,
+        port: int = 0,
+        *,
+        check_token: TokenCheck | None = None,
+        token_scope: str = "https://mail.google.com/",
     ) -> None:
         self.tls: TlsKind = tls
         self.require_auth = require_auth
         self.port = port
+        self.check_token = check_token
+        self.token_scope = token_scope
+        self.token_logins: list[TokenLogin] = []
         self.cert_path: Path | None = None
         self.key_path: Path | None = None
         self.received: list[Received] = []
@@ -247,11 +347,30 @@ class SmtpSink:
             else:
                 kwargs["tls_context"] = context
                 kwargs["require_starttls"] = True
-        if self.require_auth is not None:
+        if self.wants_auth:
             kwargs["authenticator"] = self._authenticate
             # aiosmtpd only counts STARTTLS as encryption; implicit TLS and plain text must opt in.
             kwargs["auth_require_tls"] = self.tls == "starttls"
+        if self.check_token is not None:
+            return _Controller(_TokenHandler(self), server_class=_LongLineSMTP, **kwargs)
         return _Controller(_Handler(self), **kwargs)
+
+    @property
+    def wants_auth(self) -> bool:
+        """True when MAIL FROM needs a logged-in session (a password or a token is required)."""
+        return self.require_auth is not None or self.check_token is not None
+
+    def _check_token(self, user: str, token: str) -> bool:
+        check = self.check_token
+        try:
+            return check is not None and bool(check(user, token))
+        except Exception:
+            log.exception("check_token failed; refusing the token")
+            return False
+
+    def _record_token_login(self, attempt: TokenLogin) -> None:
+        with self._lock:
+            self.token_logins.append(attempt)
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: SmtpEnvelope, mechanism: str, auth_data: Any
