@@ -12,6 +12,10 @@ def make_mailbox(config: MailboxConfig, providers: Providers) -> Mailbox:
         from helpdesk.mailboxes.imap import ImapMailbox
 
         return ImapMailbox(config, providers=providers)
+    if config.kind == "graph":
+        from helpdesk.mailboxes.graph import GraphMailbox
+
+        return GraphMailbox(config, providers=providers)
     if config.kind == "pop3":
         from helpdesk.mailboxes.pop3 import Pop3Mailbox
 

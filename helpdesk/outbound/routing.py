@@ -19,6 +19,10 @@ class Transport(Protocol):
 
 def mailbox_transport(config: MailboxConfig, providers: Providers) -> Transport:
     """The sending side of a graph or ews mailbox."""
+    if config.kind == "graph":
+        from helpdesk.outbound.graph import GraphTransport
+
+        return GraphTransport(config, providers)
     raise ValueError(f"mailbox {config.name}: {config.kind} mailboxes cannot send")
 
 
