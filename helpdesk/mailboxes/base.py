@@ -12,6 +12,8 @@ from helpdesk.config import MailboxConfig, resolve_secret
 from helpdesk.intake.runner import Intake, Result
 from helpdesk.oauth.sasl import Mechanism
 from helpdesk.oauth.tokens import OAuthProtocol, Providers, TokenError, TokenProvider, default_scope
+from helpdesk.store.db import transaction
+from helpdesk.store.models import MailboxState
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +172,21 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def load_sync_token(intake: Intake, mailbox: str, folder: str) -> str | None:
+    """The stored sync token (delta link, sync state) of a folder; records the poll's start."""
+    with transaction(intake.engine) as session:
+        state = session.get(MailboxState, (mailbox, folder)) or MailboxState(mailbox=mailbox, folder=folder)
+        state.last_poll_at = intake.clock()
+        state.last_error = None
+        session.add(state)
+        return state.sync_token
+
+
+def store_sync_token(intake: Intake, mailbox: str, folder: str, token: str | None) -> None:
+    """Advance (or, with None, forget) the folder's sync token once what it covers is stored."""
+    with transaction(intake.engine) as session:
+        state = session.get(MailboxState, (mailbox, folder)) or MailboxState(mailbox=mailbox, folder=folder)
+        state.sync_token = token
+        session.add(state)

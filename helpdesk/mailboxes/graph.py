@@ -19,11 +19,19 @@ from typing import Any
 
 from helpdesk.config import AfterImport, MailboxConfig, resolve_secret
 from helpdesk.intake.runner import Incoming, Intake
-from helpdesk.mailboxes.base import ConfiguredMailbox, PermanentError, PollReport, SecretResolver, TemporaryError
+from helpdesk.mailboxes.base import (
+    ConfiguredMailbox,
+    PermanentError,
+    PollReport,
+    SecretResolver,
+    TemporaryError,
+    load_sync_token,
+    store_sync_token,
+)
 from helpdesk.mailboxes.graphapi import IMMUTABLE_IDS, MAX_IN_FLIGHT, GraphClient, GraphError
 from helpdesk.oauth.tokens import Providers
 from helpdesk.store.db import transaction
-from helpdesk.store.models import MailboxState, RawState
+from helpdesk.store.models import RawState
 from helpdesk.store.queries import known_source_keys
 
 log = logging.getLogger(__name__)
@@ -127,7 +135,7 @@ class GraphMailbox(ConfiguredMailbox):
 
     def _poll(self, intake: Intake) -> PollReport:
         report = PollReport(mailbox=self.name)
-        link = self._load_link(intake) or self._initial_link()
+        link = load_sync_token(intake, self.name, self.config.folder) or self._initial_link()
         resynced = False
         seen: set[str] = set()
         while True:
@@ -145,7 +153,7 @@ class GraphMailbox(ConfiguredMailbox):
                 )
                 resynced = True
                 link = self._initial_link()
-                self._store_link(intake, None)
+                store_sync_token(intake, self.name, self.config.folder, None)
                 continue
             entries = [e for e in page.get("value", []) if isinstance(e, dict) and "@removed" not in e and e.get("id")]
             fresh_entries = [e for e in entries if e["id"] not in seen]
@@ -155,7 +163,7 @@ class GraphMailbox(ConfiguredMailbox):
             following = page.get("@odata.nextLink")
             final = page.get("@odata.deltaLink")
             link = str(following or final or "")
-            self._store_link(intake, link or None)
+            store_sync_token(intake, self.name, self.config.folder, link or None)
             if not following:
                 return report
 
@@ -227,23 +235,3 @@ class GraphMailbox(ConfiguredMailbox):
         with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT, thread_name_prefix=f"graph-{self.name}") as pool:
             list(pool.map(acknowledge, entries))
         return len(entries)
-
-    # --- state -----------------------------------------------------------------------------------
-
-    def _load_link(self, intake: Intake) -> str | None:
-        with transaction(intake.engine) as session:
-            state = session.get(MailboxState, (self.name, self.config.folder))
-            if state is None:
-                state = MailboxState(mailbox=self.name, folder=self.config.folder)
-            state.last_poll_at = intake.clock()
-            state.last_error = None
-            session.add(state)
-            return state.sync_token
-
-    def _store_link(self, intake: Intake, link: str | None) -> None:
-        with transaction(intake.engine) as session:
-            state = session.get(MailboxState, (self.name, self.config.folder))
-            if state is None:
-                state = MailboxState(mailbox=self.name, folder=self.config.folder)
-            state.sync_token = link
-            session.add(state)

@@ -68,9 +68,10 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from tests.servers.running import Running
 
 UPLOAD_CHUNK_UNIT = 320 * 1024  # upload chunks must be multiples of this, except the last
 UPLOAD_CHUNK_MAX = 4 * 1024 * 1024  # documented upper bound of one PUT to an upload session
@@ -752,7 +753,7 @@ def _read_body(handler: _Handler) -> bytes:
 # --- the server --------------------------------------------------------------------------------------
 
 
-class GraphServer:
+class GraphServer(Running):
     """A fake Microsoft Graph mail service on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
@@ -823,15 +824,6 @@ class GraphServer:
             thread.join(timeout=5)
         self._httpd = None
         self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def _origin(self) -> str:

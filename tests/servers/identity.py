@@ -47,8 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 import jwt
@@ -56,6 +55,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.servers.certs import make_self_signed
+from tests.servers.running import Running
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class IdentityServer:
+class IdentityServer(Running):
     """A Microsoft-identity-platform-shaped OAuth 2.0 server on 127.0.0.1; see the module docstring.
 
     ``lifetime`` is the ``expires_in`` of tokens issued from now on. Ports are picked at the first
@@ -329,15 +329,6 @@ class IdentityServer:
             listener.server_close()
             listener.close_connections()
             thread.join(5)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --- addresses -------------------------------------------------------------------------------
 

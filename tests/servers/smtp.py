@@ -43,14 +43,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from tests.servers.certs import make_self_signed
+from tests.servers.running import Running
 
 TlsKind = Literal["none", "starttls", "implicit"]
 TokenCheck = Callable[[str, str], bool]  # (user, token) -> accepted
@@ -238,7 +238,7 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-class SmtpSink:
+class SmtpSink(Running):
     """A real SMTP server on 127.0.0.1 that records what it accepts; see the module docstring.
 
     ``on_message`` (if set) is called in the server thread for every message the sink accepts, before
@@ -321,15 +321,6 @@ class SmtpSink:
     @property
     def running(self) -> bool:
         return self._controller is not None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _make_controller(self) -> _Controller:
         kwargs: dict[str, Any] = {
@@ -450,7 +441,7 @@ class SmtpSink:
             return list(self.received)
 
 
-class SilentServer:
+class SilentServer(Running):
     """Accepts TCP connections on 127.0.0.1 and never answers (holds them until ``stop()``)."""
 
     host = "127.0.0.1"
@@ -485,11 +476,3 @@ class SilentServer:
             conn.close()
         self._sock.close()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
