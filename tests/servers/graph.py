@@ -561,7 +561,18 @@ def _attachments_of(message: EmailMessage, body: EmailMessage | None) -> tuple[t
 
 @functools.lru_cache(maxsize=512)
 def _mime_info(mime: bytes) -> _MimeInfo:
-    """Parse the parts of a MIME message the API exposes (cached: messages are immutable bytes)."""
+    """Parse the parts of a MIME message the API exposes (cached: messages are immutable bytes).
+
+    Like the real service, a message whose headers cannot be parsed is still stored; it then exposes
+    only its raw Message-ID."""
+    try:
+        return _parsed_mime_info(mime)
+    except Exception:
+        found = re.search(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", _split_head(mime)[0], re.IGNORECASE | re.MULTILINE)
+        return _MimeInfo(message_id=found.group(1).decode("ascii", "replace") if found else "")
+
+
+def _parsed_mime_info(mime: bytes) -> _MimeInfo:
     message = email.message_from_bytes(mime, policy=email.policy.default)
     if not isinstance(message, EmailMessage):  # pragma: no cover - policy.default always gives one
         return _MimeInfo()
