@@ -14,7 +14,8 @@ one more, empty poll. It reports, as medians over the runs:
 * the most requests the run sent in any 10 minutes, against the 10,000 quota per app and mailbox
   (runs shorter than 10 minutes: all of them), and the rate that would reach the quota;
 * the most requests in flight at once, the violations the endpoint saw, 429 answers;
-* the requests of the empty round (one delta request).
+* the requests of the next round, which reads the moves back as removals (a delta page per 50), and of
+  an empty round after it (one delta request).
 
 Run by hand; pytest never collects this package (it is outside ``testpaths``).
 """
@@ -54,6 +55,7 @@ class Run:
     in_flight: int
     violations: int
     throttled: int
+    removals: int
     empty_round: int
 
     @property
@@ -100,8 +102,10 @@ def one_run(n: int, latency: tuple[float, float], action: str) -> Run:
         report = box.poll(intake)
         seconds = time.perf_counter() - started
         requests = len(server.hits)
+        box.poll(intake)  # the moves come back as removals, a page per 50
+        removals = len(server.hits) - requests
         box.poll(intake)
-        empty_round = len(server.hits) - requests
+        empty_round = len(server.hits) - requests - removals
         box.close()
         engine.dispose()
         if report.fetched != n:
@@ -110,7 +114,7 @@ def one_run(n: int, latency: tuple[float, float], action: str) -> Run:
         return Run(
             messages=n, seconds=seconds, requests=requests, window_max=most_in_window(starts, QUOTA_WINDOW),
             in_flight=max(server.max_seen_in_flight.values(), default=0), violations=len(server.violations),
-            throttled=sum(1 for h in server.hits if h.status == 429), empty_round=empty_round,
+            throttled=sum(1 for h in server.hits if h.status == 429), removals=removals, empty_round=empty_round,
         )
 
 
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run)
         print(f"  run {i + 1}: {run.rate:6.1f} msg/s, {run.per_message:.3f} requests/msg, {run.requests} requests "
               f"in {run.seconds:.1f} s, at most {run.in_flight} in flight, {run.violations} violations, "
-              f"{run.throttled} x 429, empty round {run.empty_round} request(s)")
+              f"{run.throttled} x 429; next round (removals) {run.removals} requests, then an empty round "
+              f"{run.empty_round} request(s)")
     rate = statistics.median(r.rate for r in runs)
     per_message = statistics.median(r.per_message for r in runs)
     window_max = max(r.window_max for r in runs)

@@ -354,6 +354,19 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mailbox_test(args: argparse.Namespace) -> int:
+    from helpdesk.mailboxes.check import check_mailbox
+
+    cfg = _load(args)
+    try:
+        report = check_mailbox(cfg, args.name)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
 # --- argument parsing ------------------------------------------------------------------------------
 
 
@@ -415,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     m_export = m_sub.add_parser("export", help="print every inbound message and what became of it")
     m_export.add_argument("--format", choices=["json"], default="json")
     m_export.set_defaults(func=cmd_messages_export)
+
+    mailbox = sub.add_parser("mailbox", help="mailboxes")
+    mb_sub = mailbox.add_subparsers(dest="mailbox_command", required=True)
+    mb_test = mb_sub.add_parser("test", help="check a mailbox step by step: DNS, connection, TLS, login, folder, "
+                                "rights, sending (exit code 0 only when all pass)")
+    mb_test.add_argument("name")
+    mb_test.set_defaults(func=cmd_mailbox_test)
 
     route = sub.add_parser("route", help="routing")
     r_sub = route.add_subparsers(dest="route_command", required=True)

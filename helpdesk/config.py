@@ -194,6 +194,8 @@ class MailboxConfig(_Model):
     graph_url: str = GRAPH_URL  # Microsoft Graph's endpoint (national clouds differ)
     service_endpoint: str | None = None  # EWS: https://mail.example.com/EWS/Exchange.asmx
     ews_auth: Literal["ntlm", "basic", "digest"] = "ntlm"  # EWS with a password
+    # EWS: the mailbox to open when ``user`` is a service account with full access to it
+    mailbox: str | None = None
 
     _check_password = field_validator("password")(_env_reference)
 
@@ -212,6 +214,8 @@ class MailboxConfig(_Model):
             raise ValueError(f"an {self.kind} mailbox needs host")
         if self.kind == "ews" and self.service_endpoint is None:
             raise ValueError("an ews mailbox needs service_endpoint (https://SERVER/EWS/Exchange.asmx)")
+        if self.mailbox is not None and self.kind != "ews":
+            raise ValueError("mailbox applies to ews only (for graph, user is the mailbox address)")
         if self.kind == "graph" and self.auth != "oauth2":
             raise ValueError("Microsoft Graph takes only OAuth: set auth: oauth2 and oauth: PROVIDER")
         if self.auth == "oauth2" and self.oauth is None:
@@ -226,6 +230,11 @@ class MailboxConfig(_Model):
         if self.after_import is not None:
             return self.after_import
         return AfterImport.DELETE if self.kind == "pop3" else AfterImport.MOVE
+
+    @property
+    def mailbox_address(self) -> str:
+        """The mailbox read: ``mailbox`` (EWS with a service account) or else ``user``."""
+        return self.mailbox or self.user
 
     @property
     def endpoint(self) -> str:

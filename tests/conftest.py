@@ -226,3 +226,16 @@ def config_with_mailboxes(*entries: dict[str, Any], **overrides: Any) -> Config:
     data = base_config(**overrides)
     data["channels"][0]["mailboxes"] = list(entries)
     return validate(data)
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> Iterator[Any]:
+    """A running local identity server (HTTPS and HTTP) for one test."""
+    from tests.servers.certs import openssl_missing
+    from tests.servers.identity import IdentityServer
+
+    require(openssl_missing())
+    directory = tmp_path / "identity"
+    directory.mkdir()
+    with IdentityServer(directory) as server:
+        yield server

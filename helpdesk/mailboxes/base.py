@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -18,6 +18,7 @@ from helpdesk.store.models import MailboxState
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class TemporaryError(Exception):
@@ -134,6 +135,34 @@ class ConfiguredMailbox:
             if exc.permanent:
                 raise PermanentError(message) from None
             raise TemporaryError(message) from None
+
+
+class PolledMailbox(ConfiguredMailbox):
+    """A mailbox without server push: the daemon polls it on a schedule."""
+
+    @property
+    def can_idle(self) -> bool:
+        return False
+
+    def wait(self, timeout: float) -> bool:
+        return False
+
+
+def size_batches(
+    keys: Iterable[K], size_of: Callable[[K], int], batch_size: int, max_bytes: int
+) -> Iterator[list[K]]:
+    """Groups of at most ``batch_size`` keys and about ``max_bytes`` (one big message alone)."""
+    batch: list[K] = []
+    total = 0
+    for key in keys:
+        size = size_of(key)
+        if batch and (len(batch) >= batch_size or total + size > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(key)
+        total += size
+    if batch:
+        yield batch
 
 
 class Mailbox(Protocol):

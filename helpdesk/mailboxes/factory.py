@@ -20,4 +20,8 @@ def make_mailbox(config: MailboxConfig, providers: Providers) -> Mailbox:
         from helpdesk.mailboxes.pop3 import Pop3Mailbox
 
         return Pop3Mailbox(config, providers=providers)
+    if config.kind == "ews":
+        from helpdesk.mailboxes.ews import EwsMailbox
+
+        return EwsMailbox(config, providers=providers)
     raise PermanentError(f"mailbox {config.name}: no adapter for {config.kind} mailboxes")

@@ -22,6 +22,7 @@ from helpdesk.intake.runner import Incoming, Intake
 from helpdesk.mailboxes.base import (
     ConfiguredMailbox,
     PermanentError,
+    PolledMailbox,
     PollReport,
     SecretResolver,
     TemporaryError,
@@ -58,7 +59,7 @@ def as_mailbox_error(name: str, exc: GraphError) -> TemporaryError | PermanentEr
     return PermanentError(f"mailbox {name}: Graph: {exc}")
 
 
-class GraphMailbox(ConfiguredMailbox):
+class GraphMailbox(PolledMailbox):
     """One folder of one Microsoft 365 mailbox (shared mailboxes too), read through Graph."""
 
     def __init__(
@@ -76,13 +77,6 @@ class GraphMailbox(ConfiguredMailbox):
         if self._client is None:
             self._client = graph_client(self)
         return self._client
-
-    @property
-    def can_idle(self) -> bool:
-        return False
-
-    def wait(self, timeout: float) -> bool:
-        return False
 
     def close(self) -> None:
         if self._client is not None:

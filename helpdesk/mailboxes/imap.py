@@ -32,6 +32,7 @@ from helpdesk.mailboxes.base import (
     TokenRefused,
     mailbox_password,
     sasl_error_reply,
+    size_batches,
 )
 from helpdesk.oauth.sasl import Mechanism, error_status, initial_response
 from helpdesk.oauth.tokens import Providers
@@ -229,17 +230,9 @@ class ImapMailbox(ConfiguredMailbox):
         if not uids:
             return
         sizes = client.fetch(uids, [b"RFC822.SIZE"])
-        batch: list[int] = []
-        total = 0
-        for uid in uids:
-            size = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
-            if batch and (len(batch) >= self.config.batch_size or total + size > BATCH_BYTES):
-                yield batch
-                batch, total = [], 0
-            batch.append(uid)
-            total += size
-        if batch:
-            yield batch
+        yield from size_batches(
+            uids, lambda uid: int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0)), self.config.batch_size, BATCH_BYTES
+        )
 
     @staticmethod
     def _settled_uids(results: Sequence[Result], keys: dict[int, str]) -> list[int]:

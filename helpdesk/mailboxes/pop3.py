@@ -21,8 +21,8 @@ from collections.abc import Callable
 from helpdesk.config import AfterImport, TlsMode
 from helpdesk.intake.runner import Incoming, Intake
 from helpdesk.mailboxes.base import (
-    ConfiguredMailbox,
     PermanentError,
+    PolledMailbox,
     PollReport,
     TemporaryError,
     TokenRefused,
@@ -41,7 +41,7 @@ MAX_LINE = 8192  # longer server lines are a protocol error (poplib allows 2048)
 _TEMPORARY_CODES = (b"[SYS/TEMP]", b"[IN-USE]")
 
 
-class Pop3Mailbox(ConfiguredMailbox):
+class Pop3Mailbox(PolledMailbox):
     def _connect(self) -> poplib.POP3:
         cfg = self.config
         if cfg.auth == "oauth2":
@@ -165,13 +165,6 @@ class Pop3Mailbox(ConfiguredMailbox):
                     client.dele(listing[result.key])
                     report.acknowledged += 1
         return report
-
-    @property
-    def can_idle(self) -> bool:
-        return False
-
-    def wait(self, timeout: float) -> bool:
-        return False
 
     def close(self) -> None:
         return None

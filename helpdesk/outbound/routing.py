@@ -23,6 +23,10 @@ def mailbox_transport(config: MailboxConfig, providers: Providers) -> Transport:
         from helpdesk.outbound.graph import GraphTransport
 
         return GraphTransport(config, providers)
+    if config.kind == "ews":
+        from helpdesk.outbound.ews import EwsTransport
+
+        return EwsTransport(config, providers)
     raise ValueError(f"mailbox {config.name}: {config.kind} mailboxes cannot send")
 
 

@@ -100,6 +100,10 @@ class _TokenLogin:
 _Login = str | _TokenLogin | None  # a password, a token login, or no login at all
 
 
+class SmtpUnavailable(Exception):
+    """No usable SMTP session (``probe``): the message says why."""
+
+
 class _NoSession(Exception):
     """No usable SMTP session; ``detail`` says why."""
 
@@ -174,6 +178,23 @@ class SmtpTransport:
             results, problem = await self._send_all(envelopes, login)
         self._log(results, problem)
         return results
+
+    def probe(self) -> str:
+        """Connect, secure and log in as for sending, then quit; what worked, or ``SmtpUnavailable``."""
+        return asyncio.run(self._probe())
+
+    async def _probe(self) -> str:
+        try:
+            login = await self._token_login() if self.config.auth == "oauth2" else self._password()
+            smtp = await self._session(login)
+        except _NoSession as exc:
+            raise SmtpUnavailable(exc.detail) from None
+        secured = "TLS" if smtp.get_transport_info("sslcontext") is not None else "no TLS"
+        await self._quit(smtp)
+        if self.config.user is None:
+            return f"{self.server}: {secured}, no login configured"
+        how = "an OAuth token" if self.config.auth == "oauth2" else "a password"
+        return f"{self.server}: {secured}, logged in as {self.config.user} with {how}"
 
     # --- session ---------------------------------------------------------------------------------
 

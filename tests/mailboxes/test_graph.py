@@ -239,3 +239,20 @@ def test_mailbox_outside_the_apps_scope_is_a_permanent_error(
     with pytest.raises(PermanentError, match="ErrorAccessDenied"):
         box.poll(intake)
     box.close()
+
+
+def test_the_ten_minute_quota_paces_requests_instead_of_running_into_it(
+    sqlite_engine: Engine, clock: Clock, graph: GraphServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = graphapi.Gate(quota=6, window=1.0)  # 10,000 in 10 minutes, scaled down
+    monkeypatch.setattr(graphapi, "gate_for", lambda key: small)
+    deliver(graph, mails(6))
+    intake, box = setup(sqlite_engine, clock, graph)
+    assert box.poll(intake).fetched == 6
+    starts = sorted(h.started for h in graph.hits)
+    assert len(starts) > 12  # a delta page, folder lookups, six downloads and six moves
+    # Seen at the server, arrival times jitter by a few milliseconds around the client's own count.
+    busiest = max(sum(1 for s in starts if first <= s < first + 0.9) for first in starts)
+    assert busiest <= 6
+    assert_exactly_once(sqlite_engine, graph, 6)
+    box.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 
 from tests.conftest import require
 from tests.servers.certs import openssl_missing
-from tests.servers.identity import IdentityServer
 
 KEY_PASSWORD = "correct horse battery staple"
 
@@ -63,11 +61,3 @@ def other_certificate(tmp_path_factory: pytest.TempPathFactory) -> ClientCertifi
     return make_rsa_certificate(tmp_path_factory.mktemp("other-cert"), "someone-else")
 
 
-@pytest.fixture
-def identity(tmp_path: Path) -> Iterator[IdentityServer]:
-    """A running local identity server (HTTPS and HTTP) for one test."""
-    require(openssl_missing())
-    directory = tmp_path / "identity"
-    directory.mkdir()
-    with IdentityServer(directory) as server:
-        yield server
