@@ -256,3 +256,14 @@ def test_the_ten_minute_quota_paces_requests_instead_of_running_into_it(
     assert busiest <= 6
     assert_exactly_once(sqlite_engine, graph, 6)
     box.close()
+
+
+def test_the_daemon_reads_graph_mailboxes(sqlite_engine: Engine, clock: Clock, graph: GraphServer) -> None:
+    from helpdesk.daemon import Daemon
+
+    deliver(graph, mails(3))
+    daemon = Daemon(graph_config(graph), sqlite_engine, clock)
+    summary = daemon.run_once()
+    assert summary.errors == {}
+    assert [r.fetched for r in summary.reports] == [3]
+    assert_exactly_once(sqlite_engine, graph, 3)
