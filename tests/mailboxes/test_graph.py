@@ -267,3 +267,33 @@ def test_the_daemon_reads_graph_mailboxes(sqlite_engine: Engine, clock: Clock, g
     assert summary.errors == {}
     assert [r.fetched for r in summary.reports] == [3]
     assert_exactly_once(sqlite_engine, graph, 3)
+
+
+def test_tokens_from_the_identity_platform_expire_and_are_renewed(
+    sqlite_engine: Engine, clock: Clock, identity: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """msal's client-credentials token, checked by Graph against the identity endpoint that issued it."""
+    identity.add_client("helpdesk-app", secret="app-secret")
+    monkeypatch.setenv("HD_TEST_GRAPH_APP_SECRET", "app-secret")
+    with GraphServer(validate_token=lambda token: identity.validate(token) is not None) as server:
+        server.add_mailbox(ADDRESS)
+        provider = {
+            "kind": "microsoft", "tenant": identity.tenant, "client_id": "helpdesk-app",
+            "client_secret": "${HD_TEST_GRAPH_APP_SECRET}", "authority_host": identity.authority_host,
+            "ca_file": str(identity.ca_file),
+        }
+        config = config_with_mailboxes(graph_entry(server), oauth={"graph-token": provider})
+        intake = Intake(sqlite_engine, config, clock)
+        box = GraphMailbox(config.mailboxes()[0][1], providers=Providers(config.oauth))
+        deliver(server, mails(2))
+        assert box.poll(intake).fetched == 2
+        [first] = identity.token_requests()
+        assert first.form.get("scope") == "https://graph.microsoft.com/.default"
+        for token in {h.token for h in server.hits}:
+            identity.expire(token)
+        deliver(server, [make_mail(subject="later", message_id="m-2@acme.example")])
+        assert box.poll(intake).fetched == 1
+        assert len(identity.token_requests()) == 2  # renewed once, on the first 401
+        assert [h.status for h in server.hits].count(401) == 1
+        assert_exactly_once(sqlite_engine, server, 3)
+        box.close()
