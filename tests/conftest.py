@@ -183,18 +183,23 @@ def intake(engine: Engine, config: Config, clock: Clock) -> Any:
 # --- Dovecot -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[Any]:
-    """One real Dovecot (IMAP, POP3, implicit TLS and STARTTLS) for the session; a user per test."""
+def started_dovecot(**options: Any) -> Iterator[Any]:
+    """A running Dovecot with TLS (and ``options``) until the generator is closed; for fixtures."""
     from tests.servers.dovecot import Dovecot, dovecot_available
 
     require(dovecot_available())
-    server = Dovecot(ssl=True)
+    server = Dovecot(ssl=True, **options)
     server.start()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Any]:
+    """One real Dovecot (IMAP, POP3, implicit TLS and STARTTLS) for the session; a user per test."""
+    yield from started_dovecot()
 
 
 @pytest.fixture

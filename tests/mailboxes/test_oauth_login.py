@@ -21,10 +21,10 @@ from helpdesk.mailboxes.imap import ImapMailbox
 from helpdesk.mailboxes.pop3 import Pop3Mailbox
 from helpdesk.oauth.sasl import Mechanism, encoded
 from helpdesk.oauth.tokens import Providers, default_scope
-from tests.conftest import Clock, config_with_mailboxes, mailbox_entry, require
+from tests.conftest import Clock, config_with_mailboxes, mailbox_entry, require, started_dovecot
 from tests.mailboxes.test_imap import mails, ticket_count
 from tests.servers.certs import openssl_missing
-from tests.servers.dovecot import Dovecot, dovecot_available
+from tests.servers.dovecot import Dovecot
 from tests.servers.identity import Hit, IdentityServer
 
 pytestmark = pytest.mark.dovecot
@@ -44,13 +44,7 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityServe
 @pytest.fixture(scope="module")
 def oauth_dovecot(identity: IdentityServer) -> Iterator[Dovecot]:
     """A Dovecot taking passwords (passwd-files) and tokens (oauth2 passdb asking ``identity``)."""
-    require(dovecot_available())
-    server = Dovecot(ssl=True, oauth2_introspection_url=identity.introspection_url)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from started_dovecot(oauth2_introspection_url=identity.introspection_url)
 
 
 @pytest.fixture
